@@ -1,0 +1,109 @@
+"""The one compiled agent graph a worker runs for every tenant.
+
+A tenant's differences (prompt, model binding, tools, history caps) travel with each run
+as the graph's runtime context, a ``TenantAgent``; the graph itself is built once per
+worker. Two nodes: ``agent`` (cap stored history, call the model on a window of it) and
+``tools`` (run the requested tools concurrently, each bounded by a timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from langchain_core.language_models import LanguageModelInput
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    RemoveMessage,
+    SystemMessage,
+    ToolCall,
+    ToolMessage,
+)
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
+
+from app.agents.history import model_window, storage_overflow
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantAgent:
+    """Everything tenant-specific about a run; shares the model client and tools."""
+
+    tenant_id: str
+    system_message: SystemMessage
+    model: Runnable[LanguageModelInput, BaseMessage]
+    tools: Mapping[str, BaseTool]
+    max_messages: int
+    max_stored: int
+    max_chars: int
+    tool_timeout_s: float
+
+
+AgentGraph = CompiledStateGraph[MessagesState, TenantAgent, MessagesState, MessagesState]
+
+
+async def _agent(state: MessagesState, runtime: Runtime[TenantAgent]) -> dict[str, Any]:
+    agent = runtime.context
+    messages = state["messages"]
+    dropped = storage_overflow(messages, agent.max_stored)
+    if dropped:
+        messages = messages[len(dropped) :]
+    window = model_window(messages, agent.max_messages, agent.max_chars)
+    reply = await agent.model.ainvoke([agent.system_message, *window])
+    removals: list[BaseMessage] = [RemoveMessage(id=m.id) for m in dropped if m.id]
+    return {"messages": [*removals, reply]}
+
+
+async def _run_tool(agent: TenantAgent, call: ToolCall) -> ToolMessage:
+    name, call_id = call["name"], call.get("id") or ""
+    tool = agent.tools.get(name)
+    if tool is None:
+        return ToolMessage(f"Error: no tool named {name!r}", tool_call_id=call_id, name=name,
+                           status="error")
+    try:
+        async with asyncio.timeout(agent.tool_timeout_s):
+            result = await tool.ainvoke(call["args"])
+    except TimeoutError:
+        logger.warning("tenant %s: tool %s timed out", agent.tenant_id, name)
+        content, status = f"Error: tool {name} timed out", "error"
+    except Exception as exc:  # a tool failure is the model's to handle, not the turn's
+        logger.info("tenant %s: tool %s failed: %s", agent.tenant_id, name, exc)
+        content, status = f"Error: {exc}", "error"
+    else:
+        content = result if isinstance(result, str) else str(result)
+        status = "success"
+    return ToolMessage(content, tool_call_id=call_id, name=name, status=status)
+
+
+async def _tools(state: MessagesState, runtime: Runtime[TenantAgent]) -> dict[str, Any]:
+    last = state["messages"][-1]
+    assert isinstance(last, AIMessage)
+    results = await asyncio.gather(*(_run_tool(runtime.context, c) for c in last.tool_calls))
+    return {"messages": list(results)}
+
+
+def _route(state: MessagesState) -> Literal["tools", "__end__"]:
+    last = state["messages"][-1]
+    if isinstance(last, AIMessage) and last.tool_calls:
+        return "tools"
+    return END
+
+
+def build_agent_graph(checkpointer: BaseCheckpointSaver[Any]) -> AgentGraph:
+    graph = StateGraph(MessagesState, context_schema=TenantAgent)
+    graph.add_node("agent", _agent)
+    graph.add_node("tools", _tools)
+    graph.add_edge(START, "agent")
+    graph.add_conditional_edges("agent", _route, ["tools", END])
+    graph.add_edge("tools", "agent")
+    return graph.compile(checkpointer=checkpointer)

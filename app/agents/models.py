@@ -1,0 +1,94 @@
+"""Chat model clients: one pooled httpx client per base URL, one ChatOpenAI per model.
+
+Tenants never get a client of their own: their temperature is bound onto the shared
+model, so a thousand tenants on ``gpt-4o-mini`` share one connection pool.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+from cachetools import LRUCache
+from langchain_core.language_models import BaseChatModel
+from langchain_openai import ChatOpenAI
+
+from app.agents.offline import OfflineChatModel
+from config.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+# Distinct model names are few; the cap only guards against a misconfigured flood.
+MAX_MODELS = 256
+
+
+class ModelPool:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._offline: OfflineChatModel | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._models: LRUCache[str, BaseChatModel] = LRUCache(maxsize=MAX_MODELS)
+        if settings.offline_model:
+            self._offline = OfflineChatModel()
+        else:
+            self._http = httpx.AsyncClient(
+                limits=httpx.Limits(
+                    max_connections=settings.llm_max_connections,
+                    max_keepalive_connections=settings.llm_max_keepalive,
+                ),
+                timeout=httpx.Timeout(
+                    settings.llm_timeout_s, connect=settings.llm_connect_timeout_s
+                ),
+            )
+
+    @property
+    def base_url(self) -> str:
+        return self._settings.openai_base_url or DEFAULT_BASE_URL
+
+    @property
+    def description(self) -> str:
+        if self._offline is not None:
+            return "offline built-in model (OPENAI_API_KEY not set)"
+        return f"OpenAI-compatible API at {self.base_url}"
+
+    def get(self, model: str) -> BaseChatModel:
+        if self._offline is not None:
+            return self._offline
+        cached = self._models.get(model)
+        if cached is None:
+            key = self._settings.openai_api_key
+            assert key is not None and self._http is not None
+            cached = ChatOpenAI(
+                model=model,
+                api_key=key,
+                base_url=self.base_url,
+                http_async_client=self._http,
+                max_retries=self._settings.llm_max_retries,
+                timeout=self._settings.llm_timeout_s,
+                stream_usage=True,
+            )
+            self._models[model] = cached
+        return cached
+
+    async def check_upstream(self) -> str | None:
+        """None when the upstream answers; otherwise why not."""
+        if self._http is None:
+            return None
+        key = self._settings.openai_api_key
+        assert key is not None
+        try:
+            response = await self._http.get(
+                f"{self.base_url.rstrip('/')}/models",
+                headers={"Authorization": f"Bearer {key.get_secret_value()}"},
+                timeout=2.0,
+            )
+        except httpx.HTTPError as exc:
+            return f"upstream unreachable: {type(exc).__name__}"
+        if response.status_code >= 500 or response.status_code in (401, 403):
+            return f"upstream answered {response.status_code}"
+        return None
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()

@@ -1,0 +1,138 @@
+"""``TurnRunner``: runs one chat turn of a tenant's agent on a thread, start to saved.
+
+Turns on one thread run one at a time in this worker (a per-thread lock that disappears
+with its last waiter). Every failure leaves as an ``AppError``; a failed turn stores
+nothing, so the client can simply retry it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from weakref import WeakValueDictionary
+
+import openai
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langgraph.errors import GraphRecursionError
+
+from app.agents.graph import AgentGraph, TenantAgent
+from app.errors import (
+    AppError,
+    StorageUnavailable,
+    TurnTimeout,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from app.observability.metrics import PERSIST_SECONDS, TURN_SECONDS, TURNS
+from app.persistence.store import ConversationStore, thread_config
+from config.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class TurnResult:
+    reply: AIMessage
+    new_messages: list[BaseMessage]
+    usage: dict[str, int]
+
+
+def sum_usage(messages: list[BaseMessage]) -> dict[str, int]:
+    totals = {"input_tokens": 0, "output_tokens": 0, "total_tokens": 0}
+    for message in messages:
+        usage = getattr(message, "usage_metadata", None)
+        if usage:
+            for name in totals:
+                totals[name] += int(usage.get(name, 0))
+    return totals
+
+
+class TurnRunner:
+    def __init__(self, graph: AgentGraph, store: ConversationStore, settings: Settings) -> None:
+        self._graph = graph
+        self._store = store
+        self._timeout_s = settings.turn_timeout_s
+        self._recursion_limit = 2 * settings.max_tool_rounds + 1
+        self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        return lock
+
+    @asynccontextmanager
+    async def _turn(self, agent: TenantAgent, key: str) -> AsyncIterator[None]:
+        """Serialize per thread, bound in time, translate failures, count the outcome."""
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            async with self._lock(key), asyncio.timeout(self._timeout_s):
+                yield
+        except AppError as exc:
+            outcome = exc.code
+            raise
+        except TimeoutError as exc:
+            outcome = TurnTimeout.code
+            raise TurnTimeout(f"the turn took longer than {self._timeout_s:g}s") from exc
+        except GraphRecursionError as exc:
+            outcome = UpstreamError.code
+            raise UpstreamError("the agent kept calling tools past its round limit") from exc
+        except openai.APITimeoutError as exc:
+            outcome = UpstreamTimeout.code
+            raise UpstreamTimeout("the language model did not answer in time") from exc
+        except openai.APIStatusError as exc:
+            outcome = UpstreamError.code
+            raise UpstreamError(
+                f"the language model answered {exc.status_code}: {exc.message}"[:300]
+            ) from exc
+        except openai.APIError as exc:
+            outcome = UpstreamError.code
+            raise UpstreamError(f"the language model is unreachable: {exc.message}") from exc
+        except self._store.unavailable_errors as exc:
+            outcome = StorageUnavailable.code
+            logger.warning("tenant %s: storage failed during a turn: %r", agent.tenant_id, exc)
+            raise StorageUnavailable("conversation storage is unavailable") from exc
+        finally:
+            TURNS.labels(outcome).inc()
+            TURN_SECONDS.observe(time.perf_counter() - started)
+
+    def _config(self, key: str) -> dict[str, object]:
+        return {**thread_config(key), "recursion_limit": self._recursion_limit}
+
+    async def run(self, agent: TenantAgent, key: str, text: str) -> TurnResult:
+        message = HumanMessage(text, id=str(uuid.uuid4()))
+        async with self._turn(agent, key):
+            state = await self._graph.ainvoke(
+                {"messages": [message]},
+                self._config(key),  # type: ignore[arg-type]
+                context=agent,
+                durability="exit",
+            )
+        await self._cleanup(key)
+        return self._result(state["messages"], message.id)
+
+    async def _cleanup(self, key: str) -> None:
+        # The turn is saved; failing to drop the superseded checkpoint costs only space
+        # (its TTL still removes it), so it is logged, not raised.
+        started = time.perf_counter()
+        try:
+            await self._store.after_turn(key)
+        except self._store.unavailable_errors as exc:
+            logger.warning("dropping old checkpoints of %s failed: %r", key, exc)
+        PERSIST_SECONDS.observe(time.perf_counter() - started)
+
+    @staticmethod
+    def _result(messages: list[BaseMessage], human_id: str | None) -> TurnResult:
+        start = next(i for i, m in enumerate(messages) if m.id == human_id)
+        new = messages[start + 1 :]
+        reply = next((m for m in reversed(new) if isinstance(m, AIMessage)), None)
+        if reply is None:
+            raise UpstreamError("the language model returned no reply")
+        return TurnResult(reply=reply, new_messages=new, usage=sum_usage(new))

@@ -1,0 +1,122 @@
+"""Tenant configuration: the schema, and the registry loaded from ``config/tenants.yaml``."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from app.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+ID_PATTERN = r"^[A-Za-z0-9._:+@-]{1,128}$"
+_ID_RE = re.compile(ID_PATTERN)
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class McpServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    url: str = Field(pattern=r"^https?://")
+    transport: Literal["streamable_http", "sse"] = "streamable_http"
+
+
+class HistoryConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_messages: int | None = Field(None, ge=1, le=1000)
+
+
+class TenantConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    system_prompt: str = Field("You are a helpful assistant.", max_length=65536)
+    model: str | None = Field(None, min_length=1, max_length=128)
+    temperature: float | None = Field(None, ge=0, le=2)
+    tools: tuple[str, ...] = ()
+    mcp_servers: tuple[McpServerConfig, ...] = ()
+    history: HistoryConfig = HistoryConfig()
+    api_keys_sha256: tuple[str, ...] = ()
+
+    @field_validator("api_keys_sha256")
+    @classmethod
+    def _hex_digests(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        lowered = tuple(v.lower() for v in value)
+        for digest in lowered:
+            if not _SHA256_RE.match(digest):
+                raise ValueError("api_keys_sha256 entries must be 64 hex characters")
+        return lowered
+
+
+def parse_tenants(raw: Mapping[str, Any], known_tools: Iterable[str]) -> dict[str, TenantConfig]:
+    """Validate a ``{tenant_id: config}`` mapping; errors name the tenant and the field."""
+    tools = set(known_tools)
+    tenants: dict[str, TenantConfig] = {}
+    for tenant_id, body in raw.items():
+        if not isinstance(tenant_id, str) or not _ID_RE.match(tenant_id):
+            raise ConfigError(f"tenant id {tenant_id!r} must match {ID_PATTERN}")
+        try:
+            config = TenantConfig.model_validate(body or {})
+        except ValidationError as exc:
+            raise ConfigError(f"tenant {tenant_id!r}: {exc}") from exc
+        unknown = [name for name in config.tools if name not in tools]
+        if unknown:
+            raise ConfigError(
+                f"tenant {tenant_id!r} names unknown tools {unknown}; known: {sorted(tools)}"
+            )
+        tenants[tenant_id] = config
+    return tenants
+
+
+def load_tenants_file(path: Path, known_tools: Iterable[str]) -> dict[str, TenantConfig]:
+    if not path.is_file():
+        raise ConfigError(f"tenants file {path} does not exist (set AGENTHOST_TENANTS_FILE)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"tenants file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"tenants file {path} must map tenant ids to configs")
+    return parse_tenants(raw, known_tools)
+
+
+class TenantRegistry:
+    """Tenant configs by id. Reads are plain dict lookups on the request path."""
+
+    def __init__(self, tenants: Mapping[str, TenantConfig]) -> None:
+        self._tenants: dict[str, TenantConfig] = dict(tenants)
+        self._key_owners: dict[str, str] = {}
+        for tenant_id, config in self._tenants.items():
+            for digest in config.api_keys_sha256:
+                other = self._key_owners.setdefault(digest, tenant_id)
+                if other != tenant_id:
+                    raise ConfigError(f"tenants {other!r} and {tenant_id!r} share an API key")
+
+    def get(self, tenant_id: str) -> TenantConfig | None:
+        return self._tenants.get(tenant_id)
+
+    def ids(self) -> list[str]:
+        return sorted(self._tenants)
+
+    def __len__(self) -> int:
+        return len(self._tenants)
+
+    @property
+    def any_keys(self) -> bool:
+        return bool(self._key_owners)
+
+    def owner_of_key(self, key: str) -> str | None:
+        """The tenant a key belongs to (keys are stored as SHA-256 digests)."""
+        return self._key_owners.get(hash_key(key))

@@ -1,0 +1,44 @@
+"""Operations: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.api.deps import StateDep
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """Liveness: the process answers. Touches nothing else."""
+    return {"status": "ok"}
+
+
+@router.get("/health/ready")
+async def ready(state: StateDep) -> JSONResponse:
+    """Readiness: storage and the language model are reachable."""
+    storage, upstream = await asyncio.gather(
+        state.store.check(), state.base_agent.models.check_upstream()
+    )
+    checks = {"storage": storage or "ok", "upstream": upstream or "ok"}
+    body: dict[str, Any] = {
+        "status": "ready" if storage is None and upstream is None else "not_ready",
+        "checks": checks,
+        "storage": state.store.description,
+        "model": state.base_agent.models.description,
+        "tenants": len(state.tenants),
+        "auth": "on" if state.auth_enabled else "off",
+        "embedded_defaults": state.defaults,
+    }
+    return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,112 @@
+"""``create_app``: builds every long-lived object in the lifespan and closes it in reverse."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.agents.base import BaseAgent
+from app.agents.graph import build_agent_graph
+from app.agents.models import ModelPool
+from app.agents.runner import TurnRunner
+from app.agents.tenants import TenantRegistry, load_tenants_file
+from app.agents.tools import ToolRegistry, build_builtin_tools
+from app.api.middleware.body_limit import BodyLimitMiddleware
+from app.api.middleware.request_id import RequestIdMiddleware
+from app.api.routes import chat, health
+from app.errors import ConfigError, install_error_handlers
+from app.persistence.memory import BoundedMemorySaver
+from app.persistence.redis import RedisStore
+from app.persistence.store import ConversationStore, MemoryStore
+from app.state import AppState
+from config.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+async def _open_store(settings: Settings, stack: AsyncExitStack) -> ConversationStore:
+    if settings.redis_configured:
+        return await stack.enter_async_context(RedisStore.open(settings))
+    saver = BoundedMemorySaver(
+        max_threads=settings.memory_max_threads,
+        ttl_s=settings.history_ttl_s,
+        refresh_on_read=settings.history_refresh_on_read,
+    )
+    return MemoryStore(saver)
+
+
+def _embedded_defaults(state: AppState) -> list[str]:
+    settings = state.settings
+    said = []
+    if settings.offline_model:
+        said.append("model: offline built-in model, because OPENAI_API_KEY is not set")
+    if not settings.redis_configured:
+        said.append(
+            f"persistence: bounded in-memory ({settings.memory_max_threads} threads, "
+            "lost on restart), because REDIS_URL is not set"
+        )
+    if settings.tenants_file == Settings.model_fields["tenants_file"].default:
+        said.append(f"tenants: {len(state.tenants)} from the bundled {settings.tenants_file}")
+    if not state.auth_enabled:
+        said.append(
+            f"auth: off, because no service or tenant keys are set; bound to {settings.host}"
+        )
+    return said
+
+
+async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
+    tools = ToolRegistry(build_builtin_tools())
+    tenants = TenantRegistry(load_tenants_file(settings.tenants_file, tools.names()))
+    models = ModelPool(settings)
+    stack.push_async_callback(models.aclose)
+    store = await _open_store(settings, stack)
+    base_agent = BaseAgent(build_agent_graph(store.checkpointer), models, tools, settings)
+    state = AppState(
+        settings=settings,
+        tenants=tenants,
+        store=store,
+        base_agent=base_agent,
+        runner=TurnRunner(base_agent.graph, store, settings),
+    )
+    if not state.auth_enabled and not settings.binds_loopback:
+        if not settings.allow_public_without_auth:
+            raise ConfigError(
+                f"refusing to serve {settings.host} with auth off: set "
+                "AGENTHOST_SERVICE_API_KEYS or tenant api_keys_sha256, bind 127.0.0.1, or "
+                "set AGENTHOST_ALLOW_PUBLIC_WITHOUT_AUTH=true"
+            )
+    state.defaults = _embedded_defaults(state)
+    return state
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    resolved = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            state = await build_state(resolved, stack)
+            app.state.agenthost = state
+            logger.info(
+                "agenthost ready: %s; %s; %d tenants; auth %s",
+                state.base_agent.models.description,
+                state.store.description,
+                len(state.tenants),
+                "on" if state.auth_enabled else "off",
+            )
+            for sentence in state.defaults:
+                logger.info("embedded default in force: %s", sentence)
+            yield
+            logger.info("agenthost shutting down")
+
+    app = FastAPI(title="agenthost", version="0.1.0", lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(chat.router)
+    app.include_router(health.router)
+    # Outermost last: the request id wraps everything, including 413 refusals.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=resolved.max_body_bytes)
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,19 @@
+"""Prometheus metric definitions (module level by design: definitions only, no state)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+TURNS = Counter(
+    "agenthost_turns_total", "Chat turns by outcome (ok or an error code).", ["outcome"]
+)
+TURN_SECONDS = Histogram(
+    "agenthost_turn_seconds",
+    "Wall time of a chat turn, model and tools included.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+PERSIST_SECONDS = Histogram(
+    "agenthost_persistence_cleanup_seconds",
+    "Time spent dropping superseded checkpoints after a turn.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+)

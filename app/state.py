@@ -1,0 +1,26 @@
+"""``AppState``: every long-lived object of one app, built in the lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.agents.base import BaseAgent
+from app.agents.runner import TurnRunner
+from app.agents.tenants import TenantRegistry
+from app.persistence.store import ConversationStore
+from config.settings import Settings
+
+
+@dataclass(slots=True)
+class AppState:
+    settings: Settings
+    tenants: TenantRegistry
+    store: ConversationStore
+    base_agent: BaseAgent
+    runner: TurnRunner
+    #: one plain sentence per embedded default in force (startup log and /health/ready)
+    defaults: list[str] = field(default_factory=list)
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.settings.service_api_keys) or self.tenants.any_keys

@@ -1,0 +1,194 @@
+"""Service settings: environment variables (prefix ``AGENTHOST_``) and an optional YAML file.
+
+No instance is built at import time; ``create_app`` and the entry points build one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+CONFIG_DIR = Path(__file__).resolve().parent
+CONFIG_FILE_ENV = "AGENTHOST_CONFIG_FILE"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    """Every field is documented once here; README's table is checked against this class."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTHOST_",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    # --- serving ---
+    host: str = Field("127.0.0.1", description="Address the service binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port the service binds to.")
+    log_level: str = Field("INFO", description="Root log level (DEBUG, INFO, WARNING, ERROR).")
+    allow_public_without_auth: bool = Field(
+        False,
+        description="Permit a non-loopback host with auth off. Refused by default.",
+    )
+
+    # --- auth ---
+    service_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated service keys; a service key acts on every tenant.",
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for the /v1/admin API; the admin API is off without it."
+    )
+
+    # --- tenants ---
+    tenants_file: Path = Field(
+        CONFIG_DIR / "tenants.yaml", description="YAML file with the tenants loaded at start."
+    )
+
+    # --- LLM ---
+    openai_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("AGENTHOST_OPENAI_API_KEY", "OPENAI_API_KEY"),
+        description="OpenAI-compatible API key (also read from OPENAI_API_KEY). "
+        "Unset: the offline built-in model answers.",
+    )
+    openai_base_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AGENTHOST_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
+        description="OpenAI-compatible base URL (also read from OPENAI_BASE_URL).",
+    )
+    default_model: str = Field("gpt-4o-mini", description="Model for tenants that name none.")
+    default_temperature: float = Field(
+        0.2, ge=0, le=2, description="Temperature for tenants that set none."
+    )
+    llm_timeout_s: float = Field(60.0, gt=0, description="Read timeout of one LLM call.")
+    llm_connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout to the LLM.")
+    llm_max_retries: int = Field(2, ge=0, le=10, description="Retries of a failed LLM call.")
+    llm_max_connections: int = Field(
+        200, ge=1, description="Connection pool size per LLM base URL."
+    )
+    llm_max_keepalive: int = Field(
+        50, ge=0, description="Idle keep-alive connections kept per LLM base URL."
+    )
+
+    # --- persistence ---
+    redis_url: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("AGENTHOST_REDIS_URL", "REDIS_URL"),
+        description="Redis 8 (RedisJSON + RediSearch) URL (also read from REDIS_URL). "
+        "Unset: bounded in-memory persistence.",
+    )
+    redis_max_connections: int = Field(50, ge=1, description="Redis connection pool size.")
+    redis_timeout_s: float = Field(
+        5.0, gt=0, description="Redis socket timeout, and wait for a free pooled connection."
+    )
+    history_ttl_s: int = Field(
+        86400, ge=1, description="A thread is forgotten this long after its last use."
+    )
+    history_refresh_on_read: bool = Field(
+        True, description="Reading a thread's history restarts its TTL."
+    )
+    memory_max_threads: int = Field(
+        10000, ge=1, description="In-memory persistence: threads kept (least recently used go)."
+    )
+
+    # --- history caps ---
+    history_max_messages: int = Field(
+        20, ge=1, description="Messages the model sees per turn (tenants may lower or raise)."
+    )
+    history_max_stored_messages: int = Field(
+        100, ge=2, description="Messages stored per thread; older turns are dropped."
+    )
+    history_max_message_chars: int = Field(
+        4000, ge=100, description="Older messages longer than this are truncated for the model."
+    )
+
+    # --- request limits ---
+    max_message_bytes: int = Field(
+        32768, ge=1, description="Largest user message in UTF-8 bytes (413 above)."
+    )
+    max_body_bytes: int = Field(
+        262144, ge=1024, description="Largest request body in bytes (413 above)."
+    )
+    turn_timeout_s: float = Field(
+        120.0, gt=0, description="Longest a whole turn (all model and tool calls) may take."
+    )
+    tool_timeout_s: float = Field(30.0, gt=0, description="Longest one tool call may take.")
+    max_tool_rounds: int = Field(
+        8, ge=1, description="Model/tool round trips allowed in one turn."
+    )
+
+    @field_validator("service_api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return level
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if self.history_max_stored_messages < self.history_max_messages:
+            raise ValueError(
+                "history_max_stored_messages must be at least history_max_messages: "
+                "the model cannot see messages that are not stored"
+            )
+        if self.max_body_bytes < self.max_message_bytes:
+            raise ValueError("max_body_bytes must be at least max_message_bytes")
+        return self
+
+    @property
+    def binds_loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    @property
+    def offline_model(self) -> bool:
+        return self.openai_api_key is None
+
+    @property
+    def redis_configured(self) -> bool:
+        return self.redis_url is not None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_path = os.environ.get(CONFIG_FILE_ENV)
+        if yaml_path:
+            if not Path(yaml_path).is_file():
+                raise ValueError(f"{CONFIG_FILE_ENV}={yaml_path} is not a readable file")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        return tuple(sources)
