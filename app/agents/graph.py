@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.language_models import LanguageModelInput
 from langchain_core.messages import (
@@ -92,7 +92,7 @@ async def _tools(state: MessagesState, runtime: Runtime[TenantAgent]) -> dict[st
     return {"messages": list(results)}
 
 
-def _route(state: MessagesState) -> Literal["tools", "__end__"]:
+def _route(state: MessagesState) -> str:
     last = state["messages"][-1]
     if isinstance(last, AIMessage) and last.tool_calls:
         return "tools"

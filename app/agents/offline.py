@@ -106,12 +106,14 @@ class OfflineChatModel(BaseChatModel):
                 {"name": c["name"], "args": "{}", "id": c["id"], "index": i}
                 for i, c in enumerate(reply.tool_calls)
             ]
-            yield ChatGenerationChunk(message=AIMessageChunk("", tool_call_chunks=chunks))
+            yield ChatGenerationChunk(message=AIMessageChunk(content="", tool_call_chunks=chunks))
         else:
             for word in _WORD_RE.findall(_text(reply)):
-                yield ChatGenerationChunk(message=AIMessageChunk(word))
+                yield ChatGenerationChunk(message=AIMessageChunk(content=word))
         usage = self._usage(messages, reply)
-        yield ChatGenerationChunk(message=AIMessageChunk("", usage_metadata=usage))  # type: ignore[arg-type]
+        yield ChatGenerationChunk(
+            message=AIMessageChunk(content="", usage_metadata=usage)
+        )
 
     def _stream(
         self,

@@ -18,7 +18,9 @@ from weakref import WeakValueDictionary
 
 import openai
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphRecursionError
+from langgraph.graph import MessagesState
 
 from app.agents.graph import AgentGraph, TenantAgent
 from app.errors import (
@@ -103,15 +105,15 @@ class TurnRunner:
             TURNS.labels(outcome).inc()
             TURN_SECONDS.observe(time.perf_counter() - started)
 
-    def _config(self, key: str) -> dict[str, object]:
+    def _config(self, key: str) -> RunnableConfig:
         return {**thread_config(key), "recursion_limit": self._recursion_limit}
 
     async def run(self, agent: TenantAgent, key: str, text: str) -> TurnResult:
         message = HumanMessage(text, id=str(uuid.uuid4()))
         async with self._turn(agent, key):
             state = await self._graph.ainvoke(
-                {"messages": [message]},
-                self._config(key),  # type: ignore[arg-type]
+                MessagesState(messages=[message]),
+                self._config(key),
                 context=agent,
                 durability="exit",
             )

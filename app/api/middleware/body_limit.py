@@ -1,4 +1,4 @@
-"""``BodyLimitMiddleware``: refuse request bodies over a byte limit with 413, before reading them."""
+"""``BodyLimitMiddleware``: refuse request bodies over a byte limit with 413."""
 
 from __future__ import annotations
 

