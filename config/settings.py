@@ -56,9 +56,6 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated service keys; a service key acts on every tenant.",
     )
-    admin_token: SecretStr | None = Field(
-        None, description="Bearer token for the /v1/admin API; the admin API is off without it."
-    )
 
     # --- tenants ---
     tenants_file: Path = Field(

@@ -29,14 +29,18 @@ TEST_TENANTS: dict[str, Any] = {
         "model": "acme-model",
         "temperature": 0.7,
         "tools": ["calculator"],
-        "api_keys_sha256": [hashlib.sha256(TENANT_KEY.encode()).hexdigest()],
     },
-    "globex": {
-        "system_prompt": "You are Globex.",
-        "api_keys_sha256": [hashlib.sha256(OTHER_TENANT_KEY.encode()).hexdigest()],
-    },
+    "globex": {"system_prompt": "You are Globex."},
     "shorty": {"system_prompt": "Short memory.", "history": {"max_messages": 4}},
 }
+
+
+def with_keys(tenants: dict[str, Any]) -> dict[str, Any]:
+    """The test tenants with keys for acme and globex (which turns auth on)."""
+    keyed = {name: dict(config) for name, config in tenants.items()}
+    keyed["acme"]["api_keys_sha256"] = [hashlib.sha256(TENANT_KEY.encode()).hexdigest()]
+    keyed["globex"]["api_keys_sha256"] = [hashlib.sha256(OTHER_TENANT_KEY.encode()).hexdigest()]
+    return keyed
 
 
 @pytest.fixture(autouse=True)
@@ -96,20 +100,17 @@ def mock_llm(mock_llm_server: ManagedProcess) -> MockLLM:
     return mock
 
 
-@pytest.fixture
-def tenants_file(tmp_path: Path) -> Path:
-    path = tmp_path / "tenants.yaml"
-    path.write_text(yaml.safe_dump(TEST_TENANTS))
-    return path
-
-
 SettingsFactory = Callable[..., Settings]
 
 
 @pytest.fixture
-def make_settings(tenants_file: Path) -> SettingsFactory:
-    def make(**overrides: Any) -> Settings:
-        return Settings(tenants_file=tenants_file, **overrides)
+def make_settings(tmp_path: Path) -> SettingsFactory:
+    """Settings for one test: the test tenants (keyed ones with ``keys=True``) plus overrides."""
+
+    def make(*, keys: bool = False, **overrides: Any) -> Settings:
+        path = tmp_path / ("tenants-keyed.yaml" if keys else "tenants.yaml")
+        path.write_text(yaml.safe_dump(with_keys(TEST_TENANTS) if keys else TEST_TENANTS))
+        return Settings(tenants_file=path, **overrides)
 
     return make
 

@@ -93,8 +93,8 @@ async def _tools(state: MessagesState, runtime: Runtime[TenantAgent]) -> dict[st
 
 
 def _route(state: MessagesState) -> str:
-    last = state["messages"][-1]
-    if isinstance(last, AIMessage) and last.tool_calls:
+    messages = state["messages"]
+    if messages and isinstance(messages[-1], AIMessage) and messages[-1].tool_calls:
         return "tools"
     return END
 

@@ -1,8 +1,8 @@
 """``TurnRunner``: runs one chat turn of a tenant's agent on a thread, start to saved.
 
 Turns on one thread run one at a time in this worker (a per-thread lock that disappears
-with its last waiter). Every failure leaves as an ``AppError``; a failed turn stores
-nothing, so the client can simply retry it.
+with its last waiter). Every failure leaves as an ``AppError``, and a failed turn is
+undone, so the thread is as it was and the client can simply retry.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from weakref import WeakValueDictionary
 
 import openai
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphRecursionError
 from langgraph.graph import MessagesState
@@ -35,6 +35,8 @@ from app.persistence.store import ConversationStore, thread_config
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+DISCARD_TIMEOUT_S = 5.0
 
 
 @dataclass(slots=True)
@@ -100,6 +102,7 @@ class TurnRunner:
         except self._store.unavailable_errors as exc:
             outcome = StorageUnavailable.code
             logger.warning("tenant %s: storage failed during a turn: %r", agent.tenant_id, exc)
+            await self._store.recover()
             raise StorageUnavailable("conversation storage is unavailable") from exc
         finally:
             TURNS.labels(outcome).inc()
@@ -111,14 +114,40 @@ class TurnRunner:
     async def run(self, agent: TenantAgent, key: str, text: str) -> TurnResult:
         message = HumanMessage(text, id=str(uuid.uuid4()))
         async with self._turn(agent, key):
-            state = await self._graph.ainvoke(
-                MessagesState(messages=[message]),
-                self._config(key),
-                context=agent,
-                durability="exit",
-            )
+            try:
+                state = await self._graph.ainvoke(
+                    MessagesState(messages=[message]),
+                    self._config(key),
+                    context=agent,
+                    durability="exit",
+                )
+            except BaseException:
+                await self._discard(key, message.id or "")
+                raise
         await self._cleanup(key)
         return self._result(state["messages"], message.id)
+
+    async def _discard(self, key: str, human_id: str) -> None:
+        """Undo a failed turn: LangGraph saves what it had on exit, even on error.
+
+        Bounded and best-effort: when storage itself failed, there is nothing to undo.
+        """
+        config = thread_config(key)
+        try:
+            async with asyncio.timeout(DISCARD_TIMEOUT_S):
+                snapshot = await self._graph.aget_state(config)
+                messages = snapshot.values.get("messages", [])
+                start = next((i for i, m in enumerate(messages) if m.id == human_id), None)
+                if start is None:
+                    return
+                if start == 0:
+                    await self._store.checkpointer.adelete_thread(key)
+                    return
+                removals = [RemoveMessage(id=m.id) for m in messages[start:] if m.id]
+                await self._graph.aupdate_state(config, {"messages": removals}, as_node="agent")
+                await self._store.after_turn(key)
+        except Exception as exc:  # the turn's own error is what the client must see
+            logger.warning("could not undo the failed turn on %s: %r", key, exc)
 
     async def _cleanup(self, key: str) -> None:
         # The turn is saved; failing to drop the superseded checkpoint costs only space
@@ -128,6 +157,7 @@ class TurnRunner:
             await self._store.after_turn(key)
         except self._store.unavailable_errors as exc:
             logger.warning("dropping old checkpoints of %s failed: %r", key, exc)
+            await self._store.recover()
         PERSIST_SECONDS.observe(time.perf_counter() - started)
 
     @staticmethod

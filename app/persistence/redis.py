@@ -8,7 +8,9 @@ thread's Redis footprint and per-turn cost stay flat however long it runs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
+from redisvl.exceptions import RedisVLError
 
 from app.errors import ConfigError
 from app.persistence.store import ConversationStore
@@ -25,6 +28,7 @@ from config.settings import Settings
 logger = logging.getLogger(__name__)
 
 REQUIRED_MODULES = {"ReJSON": "RedisJSON", "search": "RediSearch"}
+RECOVER_INTERVAL_S = 2.0
 
 
 def redact_url(url: str) -> str:
@@ -51,12 +55,15 @@ async def _require_modules(client: Redis, where: str) -> None:
 
 
 class RedisStore(ConversationStore):
-    unavailable_errors = (RedisError, OSError)
+    unavailable_errors = (RedisError, RedisVLError, OSError)
 
-    def __init__(self, saver: AsyncRedisSaver, client: Redis, where: str, ttl_s: int) -> None:
+    def __init__(self, saver: AsyncRedisSaver, client: Redis, where: str, ttl_s: int,
+                 timeout_s: float) -> None:
         super().__init__(saver, f"Redis at {where} (TTL {ttl_s}s)")
         self.saver = saver
         self.client = client
+        self._timeout_s = timeout_s
+        self._last_repair = -RECOVER_INTERVAL_S
 
     @classmethod
     @asynccontextmanager
@@ -86,7 +93,7 @@ class RedisStore(ConversationStore):
                 await saver.asetup()
             except (RedisError, OSError) as exc:
                 raise ConfigError(f"cannot use Redis at {where}: {exc}") from exc
-            yield cls(saver, client, where, settings.history_ttl_s)
+            yield cls(saver, client, where, settings.history_ttl_s, settings.redis_timeout_s)
         finally:
             await client.aclose()
             await pool.disconnect()
@@ -94,11 +101,32 @@ class RedisStore(ConversationStore):
     async def after_turn(self, key: str) -> None:
         await self.saver.aprune([key], keep_last=1)
 
+    async def recover(self) -> None:
+        """Recreate the search indexes, which a Redis restarted empty no longer has.
+
+        Runs after a storage failure, at most once per few seconds.
+        """
+        now = time.monotonic()
+        if now - self._last_repair < RECOVER_INTERVAL_S:
+            return
+        self._last_repair = now
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                indexes = await self.client.execute_command("FT._LIST")
+                names = {i.decode() if isinstance(i, bytes) else str(i) for i in indexes}
+                if not {"checkpoint", "checkpoint_write"} <= names:
+                    await self.saver.asetup()
+                    logger.warning("%s had lost its search indexes; recreated them",
+                                   self.description)
+        except (RedisError, RedisVLError, OSError, TimeoutError) as exc:
+            logger.info("%s still unusable: %r", self.description, exc)
+
     async def check(self) -> str | None:
         try:
             await self.client.ping()
         except (RedisError, OSError) as exc:
             return f"redis unreachable: {type(exc).__name__}"
+        await self.recover()
         return None
 
     def stats(self) -> dict[str, Any]:

@@ -9,8 +9,8 @@ is escaped because the Redis saver splits its keys on it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from langchain_core.messages import BaseMessage
@@ -45,29 +45,33 @@ class ConversationStore:
         self.checkpointer = checkpointer
         self.description = description
 
-    @contextmanager
-    def guard(self) -> Iterator[None]:
-        """Turn the backend's connection failures into a 503 for the client."""
+    @asynccontextmanager
+    async def guard(self) -> AsyncIterator[None]:
+        """Turn the backend's failures into a 503 for the client, and try to recover."""
         try:
             yield
         except self.unavailable_errors as exc:
             logger.warning("%s failed: %r", self.description, exc)
+            await self.recover()
             raise StorageUnavailable("conversation storage is unavailable") from exc
 
     async def messages(self, key: str) -> list[BaseMessage] | None:
         """A thread's stored messages, oldest first; None when the thread does not exist."""
-        with self.guard():
+        async with self.guard():
             saved = await self.checkpointer.aget_tuple(thread_config(key))
         if saved is None:
             return None
         return list(saved.checkpoint["channel_values"].get("messages", []))
 
     async def delete(self, key: str) -> None:
-        with self.guard():
+        async with self.guard():
             await self.checkpointer.adelete_thread(key)
 
     async def after_turn(self, key: str) -> None:
         """Called once a turn is saved."""
+
+    async def recover(self) -> None:
+        """Called after a failure: repair what a backend restart lost. Never raises."""
 
     async def check(self) -> str | None:
         """None when the backend is usable; otherwise why not."""

@@ -94,8 +94,10 @@ class MockOpenAI:
         fail = _FAIL_RE.search(_text(last.get("content")))
         mode = fail.group(1) if fail and last.get("role") == "user" else self.behaviour.mode
         if last.get("role") == "tool":
-            result = _text(last.get("content"))
-            return f"tool {last.get('name', 'tool')} returned: {result}", [], mode
+            names = {c.get("id"): c.get("function", {}).get("name")
+                     for m in messages for c in m.get("tool_calls") or []}
+            name = names.get(last.get("tool_call_id"), "unknown")
+            return f"tool {name} returned: {_text(last.get('content'))}", [], mode
         offered = {t.get("function", {}).get("name") for t in body.get("tools") or []}
         wanted = _TOOL_RE.search(user_text) if last.get("role") == "user" else None
         if wanted and wanted.group(1) in offered:
@@ -211,7 +213,8 @@ def main() -> None:
     mock = MockOpenAI(Behaviour(mode=args.mode, latency_ms=args.latency_ms,
                                 token_delay_ms=args.token_delay_ms,
                                 reply_tokens=args.reply_tokens))
-    uvicorn.run(mock.app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    uvicorn.run(mock.app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=1)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,34 @@
+# Two commands on a fresh machine (Python 3.11 + pip): `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP_VERSION := 26.3
+
+.PHONY: run test lint clean
+
+run: $(VENV)/.deps-run
+	$(BIN)/python -m app
+
+test: $(VENV)/.deps-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.deps-test
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==$(PIP_VERSION)
+
+$(VENV)/.deps-run: requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.deps-test: requirements.txt requirements-test.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r requirements-test.txt
+	touch $@ $(VENV)/.deps-run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
