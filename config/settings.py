@@ -114,7 +114,7 @@ class Settings(BaseSettings):
         20, ge=1, description="Messages the model sees per turn (tenants may lower or raise)."
     )
     history_max_stored_messages: int = Field(
-        100, ge=2, description="Messages stored per thread; older turns are dropped."
+        40, ge=2, description="Messages stored per thread; older turns are dropped."
     )
     history_max_message_chars: int = Field(
         4000, ge=100, description="Older messages longer than this are truncated for the model."

@@ -59,7 +59,7 @@ def test_history_survives_a_restart_with_redis(redis_url: str, mock_llm: MockLLM
     base = f"http://127.0.0.1:{again.port}"
     try:
         history = httpx.get(f"{base}/v1/tenants/demo/threads/keep/messages").json()["messages"]
-        assert [m["content"] for m in history][0] == "remember me"
+        assert history[0]["content"] == "remember me"
         reply = chat(base, "keep", "and now").json()["reply"]["content"]
         assert reply == "mock reply to: and now (saw 4 messages)"
         ready = httpx.get(f"{base}/health/ready").json()
