@@ -51,6 +51,11 @@ class PayloadTooLarge(AppError):
     code = "payload_too_large"
 
 
+class TooManyStreams(AppError):
+    status_code = 429
+    code = "too_many_streams"
+
+
 class UpstreamError(AppError):
     status_code = 502
     code = "upstream_error"

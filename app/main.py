@@ -16,12 +16,14 @@ from app.agents.tenants import TenantRegistry, load_tenants_file
 from app.agents.tools import ToolRegistry, build_builtin_tools
 from app.api.middleware.body_limit import BodyLimitMiddleware
 from app.api.middleware.request_id import RequestIdMiddleware
-from app.api.routes import chat, health
+from app.api.routes import chat, health, stream
 from app.errors import ConfigError, install_error_handlers
+from app.janitor import Janitor
 from app.persistence.memory import BoundedMemorySaver
 from app.persistence.redis import RedisStore
 from app.persistence.store import ConversationStore, MemoryStore
 from app.state import AppState
+from app.streaming.hub import StreamHub
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -64,12 +66,21 @@ async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
     stack.push_async_callback(models.aclose)
     store = await _open_store(settings, stack)
     base_agent = BaseAgent(build_agent_graph(store.checkpointer), models, tools, settings)
+    streams = StreamHub(settings)
+    # Registered after the store: on exit, running turns finish before the store closes.
+    stack.push_async_callback(streams.aclose, settings.shutdown_grace_s)
+    janitor = Janitor(settings.janitor_interval_s)
+    janitor.add("streams", streams.sweep)
+    if isinstance(store, MemoryStore):
+        janitor.add("memory_threads", store.saver.sweep)
     state = AppState(
         settings=settings,
         tenants=tenants,
         store=store,
         base_agent=base_agent,
         runner=TurnRunner(base_agent.graph, store, settings),
+        streams=streams,
+        janitor=janitor,
     )
     if not state.auth_enabled and not settings.binds_loopback:
         if not settings.allow_public_without_auth:
@@ -99,12 +110,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             for sentence in state.defaults:
                 logger.info("embedded default in force: %s", sentence)
+            state.janitor.start()
+            stack.push_async_callback(state.janitor.stop)
             yield
             logger.info("agenthost shutting down")
 
     app = FastAPI(title="agenthost", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(chat.router)
+    app.include_router(stream.router)
     app.include_router(health.router)
     # Outermost last: the request id wraps everything, including 413 refusals.
     app.add_middleware(BodyLimitMiddleware, max_bytes=resolved.max_body_bytes)

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from app.agents.base import BaseAgent
 from app.agents.runner import TurnRunner
 from app.agents.tenants import TenantRegistry
+from app.janitor import Janitor
 from app.persistence.store import ConversationStore
+from app.streaming.hub import StreamHub
 from config.settings import Settings
 
 
@@ -18,6 +20,8 @@ class AppState:
     store: ConversationStore
     base_agent: BaseAgent
     runner: TurnRunner
+    streams: StreamHub
+    janitor: Janitor
     #: one plain sentence per embedded default in force (startup log and /health/ready)
     defaults: list[str] = field(default_factory=list)
 

@@ -135,6 +135,40 @@ class Settings(BaseSettings):
         8, ge=1, description="Model/tool round trips allowed in one turn."
     )
 
+    # --- streaming ---
+    stream_queue_size: int = Field(
+        100, ge=1, description="Events buffered per stream connection."
+    )
+    stream_send_timeout_s: float = Field(
+        10.0, gt=0, description="A stream whose queue stays full this long ends slow_consumer."
+    )
+    stream_heartbeat_s: float = Field(
+        15.0, gt=0, description="Seconds between ': ping' comments on an idle stream."
+    )
+    stream_max_per_worker: int = Field(
+        1000, ge=1, description="Live streams per worker (429 beyond)."
+    )
+    stream_max_per_tenant: int = Field(
+        100, ge=1, description="Live streams per tenant in a worker (429 beyond)."
+    )
+    stream_max_age_s: float = Field(
+        600.0, gt=0, description="The janitor ends streams older than this."
+    )
+    stream_retry_after_s: int = Field(
+        2, ge=1, description="Retry-After seconds sent with a 429 for too many streams."
+    )
+    cancel_on_disconnect: bool = Field(
+        False,
+        description="Stop the agent run when its stream's client disconnects (saves tokens; "
+        "the turn is then not stored). Off: the run finishes and is stored.",
+    )
+    janitor_interval_s: float = Field(
+        60.0, gt=0, description="Seconds between the janitor's cleanup sweeps."
+    )
+    shutdown_grace_s: float = Field(
+        20.0, ge=0, description="On shutdown, running turns get this long to finish."
+    )
+
     @field_validator("service_api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:

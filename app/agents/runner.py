@@ -11,13 +11,20 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 from weakref import WeakValueDictionary
 
 import openai
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, RemoveMessage
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    HumanMessage,
+    RemoveMessage,
+    ToolMessage,
+)
 from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphRecursionError
 from langgraph.graph import MessagesState
@@ -32,6 +39,8 @@ from app.errors import (
 )
 from app.observability.metrics import PERSIST_SECONDS, TURN_SECONDS, TURNS
 from app.persistence.store import ConversationStore, thread_config
+from app.streaming import events
+from app.streaming.events import StreamEvent
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -54,6 +63,17 @@ def sum_usage(messages: list[BaseMessage]) -> dict[str, int]:
             for name in totals:
                 totals[name] += int(usage.get(name, 0))
     return totals
+
+
+Emit = Callable[[StreamEvent], Awaitable[None]]
+
+
+def _tool_events(message: BaseMessage) -> list[StreamEvent]:
+    if isinstance(message, AIMessage):
+        return [events.tool_call(call) for call in message.tool_calls]
+    if isinstance(message, ToolMessage):
+        return [events.tool_result(message)]
+    return []
 
 
 class TurnRunner:
@@ -125,7 +145,43 @@ class TurnRunner:
                 await self._discard(key, message.id or "")
                 raise
         await self._cleanup(key)
-        return self._result(state["messages"], message.id)
+        messages = state["messages"]
+        start = next(i for i, m in enumerate(messages) if m.id == message.id)
+        return self._result(messages[start + 1 :])
+
+    async def stream(self, agent: TenantAgent, key: str, text: str, emit: Emit) -> TurnResult:
+        """Run a turn, emitting tokens and tool events as they happen."""
+        message = HumanMessage(text, id=str(uuid.uuid4()))
+        new: list[BaseMessage] = []
+        async with self._turn(agent, key):
+            try:
+                parts = self._graph.astream(
+                    MessagesState(messages=[message]),
+                    self._config(key),
+                    context=agent,
+                    durability="exit",
+                    stream_mode=["messages", "updates"],
+                )
+                part: Any
+                async for part in parts:
+                    mode, payload = part
+                    if mode == "messages":
+                        chunk, meta = payload
+                        if meta.get("langgraph_node") == "agent" and chunk.text:
+                            await emit(events.token(chunk.text))
+                        continue
+                    for update in payload.values():
+                        for produced in (update or {}).get("messages", []):
+                            if isinstance(produced, RemoveMessage):
+                                continue
+                            new.append(produced)
+                            for event in _tool_events(produced):
+                                await emit(event)
+            except BaseException:
+                await self._discard(key, message.id or "")
+                raise
+        await self._cleanup(key)
+        return self._result(new)
 
     async def _discard(self, key: str, human_id: str) -> None:
         """Undo a failed turn: LangGraph saves what it had on exit, even on error.
@@ -161,9 +217,7 @@ class TurnRunner:
         PERSIST_SECONDS.observe(time.perf_counter() - started)
 
     @staticmethod
-    def _result(messages: list[BaseMessage], human_id: str | None) -> TurnResult:
-        start = next(i for i, m in enumerate(messages) if m.id == human_id)
-        new = messages[start + 1 :]
+    def _result(new: list[BaseMessage]) -> TurnResult:
         reply = next((m for m in reversed(new) if isinstance(m, AIMessage)), None)
         if reply is None:
             raise UpstreamError("the language model returned no reply")

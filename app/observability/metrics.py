@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 TURNS = Counter(
     "agenthost_turns_total", "Chat turns by outcome (ok or an error code).", ["outcome"]
@@ -16,4 +16,23 @@ PERSIST_SECONDS = Histogram(
     "agenthost_persistence_cleanup_seconds",
     "Time spent dropping superseded checkpoints after a turn.",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+)
+
+STREAMS_ACTIVE = Gauge("agenthost_streams_active", "Live SSE streams in this worker.")
+STREAM_EVENTS = Counter(
+    "agenthost_stream_events_total", "SSE events queued for clients, by event type.", ["event"]
+)
+STREAMS_ENDED = Counter(
+    "agenthost_streams_ended_total",
+    "Streams ended, by reason (done, error, slow_consumer, disconnected, expired, cancelled).",
+    ["reason"],
+)
+STREAMS_REJECTED = Counter(
+    "agenthost_streams_rejected_total", "Streams refused with 429, by cap.", ["cap"]
+)
+STREAM_QUEUE_HIGH_WATER = Gauge(
+    "agenthost_stream_queue_high_water", "Deepest any stream queue has been in this worker."
+)
+JANITOR_REMOVED = Counter(
+    "agenthost_janitor_removed_total", "Items the janitor cleaned up, by sweep.", ["sweep"]
 )

@@ -9,7 +9,8 @@ is N tokens instead (for load tests). Triggers inside the last user message:
   call (ending with the tool result) answers ``tool NAME returned: <result>``.
 - ``[[fail:500]]`` / ``[[fail:429]]`` answer that status; ``[[fail:hang]]`` never answers;
   ``[[fail:drop]]`` streams a few tokens then closes the connection.
-- ``[[tokens:N]]`` replies with N tokens; ``[[slow:MS]]`` waits MS ms between tokens.
+- ``[[tokens:N]]`` replies with N tokens (``[[tokensize:B]]`` pads each to B bytes);
+  ``[[slow:MS]]`` waits MS ms between tokens.
 
 ``POST /_control`` with ``{"mode": "ok|500|429|hang|drop", "latency_ms": .., "token_delay_ms": ..}``
 changes behaviour for every later request; ``GET /_requests`` lists the last 200 requests
@@ -39,6 +40,7 @@ _TOOL_RE = re.compile(r"\[\[tool:([A-Za-z0-9_-]+)\s*(\{.*?\})?\]\]", re.DOTALL)
 _FAIL_RE = re.compile(r"\[\[fail:(\w+)\]\]")
 _TOKENS_RE = re.compile(r"\[\[tokens:(\d+)\]\]")
 _SLOW_RE = re.compile(r"\[\[slow:(\d+)\]\]")
+_TOKEN_SIZE_RE = re.compile(r"\[\[tokensize:(\d+)\]\]")
 
 
 @dataclass
@@ -110,7 +112,9 @@ class MockOpenAI:
         tokens = _TOKENS_RE.search(user_text)
         count = int(tokens.group(1)) if tokens else self.behaviour.reply_tokens
         if count:
-            return " ".join(f"tok{i}" for i in range(count)), [], mode
+            size = _TOKEN_SIZE_RE.search(user_text)
+            pad = int(size.group(1)) if size else 0
+            return " ".join(f"tok{i}".ljust(pad, "x") for i in range(count)), [], mode
         visible = _TOOL_RE.sub("", _FAIL_RE.sub("", user_text)).strip()
         return f"mock reply to: {visible} (saw {len(messages)} messages)", [], mode
 

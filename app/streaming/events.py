@@ -1,0 +1,58 @@
+"""Stream events and their SSE form. Formatting only: no I/O, no agent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from langchain_core.messages import ToolCall, ToolMessage
+from sse_starlette import ServerSentEvent
+
+FINAL_EVENTS = frozenset({"done", "error"})
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    event: str
+    data: dict[str, Any]
+
+    @property
+    def final(self) -> bool:
+        return self.event in FINAL_EVENTS
+
+    def to_sse(self, event_id: int) -> ServerSentEvent:
+        return ServerSentEvent(data=orjson.dumps(self.data).decode(), event=self.event,
+                               id=str(event_id))
+
+
+def token(text: str) -> StreamEvent:
+    return StreamEvent("token", {"text": text})
+
+
+def tool_call(call: ToolCall) -> StreamEvent:
+    return StreamEvent("tool", {"type": "call", "id": call.get("id") or "", "name": call["name"],
+                                "args": call["args"]})
+
+
+def tool_result(message: ToolMessage) -> StreamEvent:
+    content = message.content if isinstance(message.content, str) else message.text
+    return StreamEvent("tool", {"type": "result", "id": message.tool_call_id,
+                                "name": message.name, "content": content,
+                                "status": message.status})
+
+
+def message(content: str) -> StreamEvent:
+    return StreamEvent("message", {"role": "assistant", "content": content})
+
+
+def done(usage: dict[str, int]) -> StreamEvent:
+    return StreamEvent("done", {"usage": usage})
+
+
+def error(code: str, text: str) -> StreamEvent:
+    return StreamEvent("error", {"code": code, "message": text})
+
+
+def ping() -> ServerSentEvent:
+    return ServerSentEvent(comment="ping")

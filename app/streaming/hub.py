@@ -1,0 +1,194 @@
+"""``StreamHub``: the registry of live streams, their bounded queues and their caps.
+
+Each stream has two sides. The producer is the agent run, a task the hub owns: it keeps
+running when the client goes away (unless ``cancel_on_disconnect``), so the turn is
+stored. The consumer is the SSE response reading the stream's queue. The queue is
+bounded: when it stays full past ``stream_send_timeout_s`` the client is a slow consumer,
+its queue is emptied and replaced by one ``error`` event, and later events are dropped.
+Memory per stream is therefore bounded whatever the client does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.errors import TooManyStreams
+from app.observability.metrics import (
+    STREAM_EVENTS,
+    STREAM_QUEUE_HIGH_WATER,
+    STREAMS_ACTIVE,
+    STREAMS_ENDED,
+    STREAMS_REJECTED,
+)
+from app.streaming import events
+from app.streaming.events import StreamEvent
+from config.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class QueueWatermark:
+    """The deepest any stream queue of one hub has been."""
+
+    high: int = 0
+
+    def record(self, depth: int) -> None:
+        if depth > self.high:
+            self.high = depth
+            STREAM_QUEUE_HIGH_WATER.set(depth)
+
+
+@dataclass(eq=False)
+class LiveStream:
+    stream_id: int
+    tenant_id: str
+    thread_id: str
+    started: float
+    queue: asyncio.Queue[StreamEvent]
+    send_timeout_s: float
+    clock: Callable[[], float]
+    watermark: QueueWatermark
+    last_event: float = 0.0
+    ended: str | None = None  # why the client will get no more events
+    consumer_gone: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def emit(self, event: StreamEvent) -> None:
+        """Producer side: queue an event, waiting at most the send timeout for room."""
+        if self.ended is not None:
+            return
+        try:
+            self.queue.put_nowait(event)
+        except asyncio.QueueFull:
+            try:
+                async with asyncio.timeout(self.send_timeout_s):
+                    await self.queue.put(event)
+            except TimeoutError:
+                self.end("slow_consumer", events.error(
+                    "slow_consumer", "the client read too slowly; the turn continues and is "
+                    "stored, read it from the thread's history"))
+                return
+        self.last_event = self.clock()
+        STREAM_EVENTS.labels(event.event).inc()
+        self.watermark.record(self.queue.qsize())
+        if event.final:
+            self.end("done" if event.event == "done" else "error")
+
+    def end(self, reason: str, final: StreamEvent | None = None) -> None:
+        """No more events for the client; ``final`` replaces whatever it had not read."""
+        if self.ended is not None:
+            return
+        self.ended = reason
+        STREAMS_ENDED.labels(reason).inc()
+        if final is not None:
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(final)
+
+    async def next_event(self) -> StreamEvent:
+        return await self.queue.get()
+
+
+class StreamHub:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._ids = itertools.count(1)
+        self._streams: dict[int, LiveStream] = {}
+        self._per_tenant: dict[str, int] = {}
+        self.watermark = QueueWatermark()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    def open(self, tenant_id: str, thread_id: str) -> LiveStream:
+        settings = self._settings
+        retry = {"Retry-After": str(settings.stream_retry_after_s)}
+        if len(self._streams) >= settings.stream_max_per_worker:
+            STREAMS_REJECTED.labels("worker").inc()
+            raise TooManyStreams("this worker has too many live streams; retry shortly",
+                                 headers=retry)
+        if self._per_tenant.get(tenant_id, 0) >= settings.stream_max_per_tenant:
+            STREAMS_REJECTED.labels("tenant").inc()
+            raise TooManyStreams("this tenant has too many live streams; retry shortly",
+                                 headers=retry)
+        now = self._clock()
+        stream = LiveStream(
+            stream_id=next(self._ids), tenant_id=tenant_id, thread_id=thread_id, started=now,
+            last_event=now, queue=asyncio.Queue(settings.stream_queue_size),
+            send_timeout_s=settings.stream_send_timeout_s, clock=self._clock,
+            watermark=self.watermark,
+        )
+        self._streams[stream.stream_id] = stream
+        self._per_tenant[tenant_id] = self._per_tenant.get(tenant_id, 0) + 1
+        STREAMS_ACTIVE.set(len(self._streams))
+        return stream
+
+    def start(self, stream: LiveStream, producer: Coroutine[Any, Any, None]) -> None:
+        stream.task = asyncio.get_running_loop().create_task(producer)
+        stream.task.add_done_callback(lambda _: self._close(stream))
+
+    def detach(self, stream: LiveStream) -> None:
+        """The consumer is gone (finished, or the client disconnected)."""
+        stream.consumer_gone = True
+        if stream.ended is None:
+            stream.end("disconnected")
+            if self._settings.cancel_on_disconnect and stream.task is not None:
+                stream.task.cancel()
+        # Nobody reads the queue any more: free what it holds.
+        while not stream.queue.empty():
+            stream.queue.get_nowait()
+
+    def _close(self, stream: LiveStream) -> None:
+        if self._streams.pop(stream.stream_id, None) is None:
+            return
+        left = self._per_tenant[stream.tenant_id] - 1
+        if left:
+            self._per_tenant[stream.tenant_id] = left
+        else:
+            del self._per_tenant[stream.tenant_id]
+        if stream.task is not None and stream.task.cancelled() and stream.ended is None:
+            stream.end("cancelled", events.error("cancelled", "the turn was cancelled"))
+        STREAMS_ACTIVE.set(len(self._streams))
+
+    def sweep(self) -> int:
+        """End streams older than the maximum age (the janitor calls this)."""
+        limit = self._clock() - self._settings.stream_max_age_s
+        expired = [s for s in self._streams.values() if s.started <= limit]
+        for stream in expired:
+            logger.warning("stream %s of tenant %s expired after %.0fs", stream.stream_id,
+                           stream.tenant_id, self._clock() - stream.started)
+            stream.end("expired", events.error("stream_expired",
+                                               "the stream reached its maximum age"))
+            if stream.task is not None:
+                stream.task.cancel()
+        return len(expired)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        now = self._clock()
+        return [
+            {"stream_id": s.stream_id, "tenant_id": s.tenant_id, "thread_id": s.thread_id,
+             "age_s": round(now - s.started, 3), "idle_s": round(now - s.last_event, 3),
+             "queued": s.queue.qsize(), "ended": s.ended}
+            for s in self._streams.values()
+        ]
+
+    async def aclose(self, grace_s: float) -> None:
+        """Shutdown: let running turns finish within the grace period, then cancel them."""
+        tasks = [s.task for s in self._streams.values() if s.task is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            logger.warning("cancelled %d turns still running after %.0fs of shutdown",
+                           len(pending), grace_s)
+            await asyncio.wait(pending, timeout=5)

@@ -1,0 +1,140 @@
+"""StreamHub and Janitor in-process, with an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from app.errors import TooManyStreams
+from app.janitor import Janitor
+from app.streaming import events
+from app.streaming.hub import StreamHub
+from config.settings import Settings
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def hub(clock: FakeClock | None = None, **overrides: object) -> StreamHub:
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    return StreamHub(settings, clock=clock or FakeClock())
+
+
+async def test_caps_per_tenant_and_per_worker() -> None:
+    streams = hub(stream_max_per_tenant=2, stream_max_per_worker=3, stream_retry_after_s=4)
+    a1, _ = streams.open("a", "t1"), streams.open("a", "t2")
+    with pytest.raises(TooManyStreams) as refused:
+        streams.open("a", "t3")
+    assert refused.value.headers == {"Retry-After": "4"}
+    streams.open("b", "t1")
+    with pytest.raises(TooManyStreams, match="worker"):
+        streams.open("c", "t1")
+
+    async def producer() -> None:
+        await a1.emit(events.done({}))
+
+    streams.start(a1, producer())
+    assert a1.task is not None
+    await a1.task
+    await asyncio.sleep(0)
+    assert len(streams) == 2
+    streams.open("a", "t3")  # room again for tenant a
+
+
+async def test_a_full_queue_past_the_timeout_becomes_one_error_event() -> None:
+    streams = hub(stream_queue_size=5, stream_send_timeout_s=0.05)
+    stream = streams.open("a", "t")
+    for i in range(5):
+        await stream.emit(events.token(str(i)))
+    await stream.emit(events.token("one too many"))  # waits 50 ms, then gives up
+    assert stream.ended == "slow_consumer"
+    assert stream.queue.qsize() == 1
+    final = await stream.next_event()
+    assert final.event == "error" and final.data["code"] == "slow_consumer"
+    await stream.emit(events.token("dropped"))
+    assert stream.queue.empty()
+    assert streams.watermark.high == 5
+
+
+async def test_detach_frees_the_queue_and_cancels_only_when_configured() -> None:
+    for cancel in (False, True):
+        streams = hub(cancel_on_disconnect=cancel)
+        stream = streams.open("a", "t")
+        release = asyncio.Event()
+
+        async def producer() -> None:
+            await stream.emit(events.token("x"))  # noqa: B023
+            await release.wait()  # noqa: B023
+
+        streams.start(stream, producer())
+        await asyncio.sleep(0)
+        streams.detach(stream)
+        assert stream.ended == "disconnected" and stream.queue.empty()
+        await asyncio.sleep(0)
+        assert stream.task is not None and stream.task.cancelled() is cancel
+        release.set()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert len(streams) == 0
+
+
+async def test_sweep_ends_streams_past_their_maximum_age() -> None:
+    clock = FakeClock()
+    streams = hub(clock, stream_max_age_s=60)
+    old = streams.open("a", "old")
+    clock.now += 30
+    young = streams.open("a", "young")
+    clock.now += 31
+    assert streams.sweep() == 1
+    assert old.ended == "expired" and young.ended is None
+    assert (await old.next_event()).data["code"] == "stream_expired"
+    assert [s["thread_id"] for s in streams.snapshot()] == ["old", "young"]
+
+
+async def test_shutdown_waits_for_running_turns_then_cancels() -> None:
+    streams = hub()
+    quick, stuck = streams.open("a", "quick"), streams.open("a", "stuck")
+    finished = []
+
+    async def run_quick() -> None:
+        await asyncio.sleep(0.01)
+        finished.append("quick")
+
+    streams.start(quick, run_quick())
+    streams.start(stuck, asyncio.sleep(3600))
+    await streams.aclose(grace_s=0.2)
+    assert finished == ["quick"]
+    assert stuck.task is not None and stuck.task.cancelled()
+    assert stuck.ended == "cancelled"
+
+
+async def test_janitor_runs_every_sweep_and_survives_a_failing_one(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    janitor = Janitor(interval_s=0.01)
+    calls: list[str] = []
+
+    def broken() -> int:
+        raise RuntimeError("boom")
+
+    async def counted() -> int:
+        calls.append("async")
+        return 2
+
+    janitor.add("broken", broken)
+    janitor.add("counted", counted)
+    janitor.add("plain", lambda: 0)
+    with caplog.at_level(logging.ERROR):
+        assert await janitor.run_once() == {"counted": 2, "plain": 0}
+    assert "janitor sweep broken failed" in caplog.text
+    janitor.start()
+    await asyncio.sleep(0.05)
+    await janitor.stop()
+    assert len(calls) >= 3

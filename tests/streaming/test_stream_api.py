@@ -1,0 +1,245 @@
+"""Streaming over a real socket: the service (``python -m app``) with the mock OpenAI server."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import psutil
+import pytest
+
+from tests.conftest import MockLLM
+from tests.servers.processes import ManagedProcess, start_app
+from tests.sse import Comment, Event, dechunk, parse_sse_bytes, read_sse
+
+PATH = "/v1/tenants/demo/threads/{thread}/stream"
+
+
+@pytest.fixture(scope="module")
+def app(mock_llm_server: ManagedProcess) -> Iterator[ManagedProcess]:
+    proc = start_app({
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": f"http://127.0.0.1:{mock_llm_server.port}/v1",
+        "AGENTHOST_STREAM_SEND_TIMEOUT_S": "1",
+        "AGENTHOST_STREAM_HEARTBEAT_S": "0.2",
+        "AGENTHOST_STREAM_MAX_PER_TENANT": "300",
+        "AGENTHOST_LLM_MAX_RETRIES": "0",
+    })
+    yield proc
+    proc.stop()
+
+
+def base(app: ManagedProcess) -> str:
+    return f"http://127.0.0.1:{app.port}"
+
+
+def metric(app: ManagedProcess, name: str, labels: str = "") -> float:
+    text = httpx.get(f"{base(app)}/metrics").text
+    match = re.search(rf"^{re.escape(name + labels)} ([0-9.e+]+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
+
+
+async def collect(client: httpx.AsyncClient, thread: str, message: str) -> list[Event | Comment]:
+    out: list[Event | Comment] = []
+    async with client.stream("POST", PATH.format(thread=thread),
+                             json={"message": message}) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-accel-buffering"] == "no"
+        async for item in read_sse(response):
+            out.append(item)
+    return out
+
+
+def history(app: ManagedProcess, thread: str) -> list[dict[str, object]]:
+    response = httpx.get(f"{base(app)}/v1/tenants/demo/threads/{thread}/messages")
+    if response.status_code == 404:
+        return []
+    messages: list[dict[str, object]] = response.json()["messages"]
+    return messages
+
+
+def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+async def test_tokens_arrive_as_the_model_produces_them(
+    app: ManagedProcess, mock_llm: MockLLM
+) -> None:
+    mock_llm.control(token_delay_ms=50)
+    async with httpx.AsyncClient(base_url=base(app), timeout=30) as client:
+        items = await collect(client, "first-token", "[[tokens:20]]")
+    evs = [i for i in items if isinstance(i, Event)]
+    assert [e.event for e in evs] == ["token"] * 20 + ["message", "done"]
+    assert [int(e.id or 0) for e in evs] == list(range(1, 23))
+    first_token, done = evs[0].received_at, evs[-1].received_at
+    # 19 more tokens follow the first at 50 ms each: the first came long before the end
+    assert done - first_token >= 0.5
+    assert "".join(e.json["text"] for e in evs[:20]) == evs[20].json["content"]
+    assert evs[-1].json["usage"]["total_tokens"] > 0
+
+
+async def test_tool_events_and_history(app: ManagedProcess, mock_llm: MockLLM) -> None:
+    async with httpx.AsyncClient(base_url=base(app), timeout=30) as client:
+        items = await collect(client, "tools", '[[tool:calculator {"expression": "6*7"}]]')
+    evs = [i for i in items if isinstance(i, Event)]
+    tool_events = [e.json for e in evs if e.event == "tool"]
+    assert [t["type"] for t in tool_events] == ["call", "result"]
+    assert tool_events[0]["name"] == "calculator" and tool_events[1]["content"] == "42"
+    assert evs[-2].json["content"] == "tool calculator returned: 42"
+    roles = [m["role"] for m in history(app, "tools")]
+    assert roles == ["user", "assistant", "tool", "assistant"]
+
+
+async def test_heartbeats_on_an_idle_stream(app: ManagedProcess, mock_llm: MockLLM) -> None:
+    mock_llm.control(latency_ms=1200)
+    async with httpx.AsyncClient(base_url=base(app), timeout=30) as client:
+        items = await collect(client, "idle", "wait for it")
+    first_event = next(i for i, item in enumerate(items) if isinstance(item, Event))
+    pings = [i for i in items[:first_event] if isinstance(i, Comment)]
+    assert len(pings) >= 2 and all(p.text == "ping" for p in pings)
+
+
+async def test_upstream_failure_mid_stream_is_an_error_event(
+    app: ManagedProcess, mock_llm: MockLLM
+) -> None:
+    async with httpx.AsyncClient(base_url=base(app), timeout=30) as client:
+        await collect(client, "drop", "hello")
+        items = await collect(client, "drop", "[[fail:drop]] [[tokens:20]]")
+    evs = [i for i in items if isinstance(i, Event)]
+    assert evs[-1].event == "error" and evs[-1].json["code"] == "upstream_error"
+    assert int(evs[-1].id or 0) == len(evs)
+    user_messages = [m["content"] for m in history(app, "drop") if m["role"] == "user"]
+    assert user_messages == ["hello"]  # the failed turn was undone
+
+
+async def test_a_dropped_client_still_gets_its_turn_stored(
+    app: ManagedProcess, mock_llm: MockLLM
+) -> None:
+    mock_llm.control(token_delay_ms=20)
+    disconnected = metric(app, "agenthost_streams_ended_total", '{reason="disconnected"}')
+    async with httpx.AsyncClient(base_url=base(app), timeout=30) as client:
+        async with client.stream("POST", PATH.format(thread="dropped"),
+                                 json={"message": "[[tokens:50]]"}) as response:
+            tokens = 0
+            async for item in read_sse(response):
+                if isinstance(item, Event) and item.event == "token":
+                    tokens += 1
+                    if tokens == 3:
+                        break  # leaving the block closes the connection
+    wait_for(lambda: len(history(app, "dropped")) == 2)
+    reply = history(app, "dropped")[1]["content"]
+    assert isinstance(reply, str) and len(reply.split()) == 50
+    wait_for(lambda: metric(app, "agenthost_streams_active") == 0)
+    assert metric(app, "agenthost_streams_ended_total",
+                  '{reason="disconnected"}') == disconnected + 1
+
+
+async def test_200_concurrent_streams_complete(app: ManagedProcess, mock_llm: MockLLM) -> None:
+    mock_llm.control(token_delay_ms=5)
+    limits = httpx.Limits(max_connections=250, max_keepalive_connections=250)
+    async with httpx.AsyncClient(base_url=base(app), timeout=60, limits=limits) as client:
+        results = await asyncio.gather(*(
+            collect(client, f"many-{i}", "[[tokens:10]]") for i in range(200)
+        ))
+    for items in results:
+        evs = [i for i in items if isinstance(i, Event)]
+        assert [e.event for e in evs][-2:] == ["message", "done"]
+        assert len([e for e in evs if e.event == "token"]) == 10
+    wait_for(lambda: metric(app, "agenthost_streams_active") == 0)
+
+
+def test_a_client_that_reads_nothing_is_cut_off_with_bounded_memory(
+    app: ManagedProcess, mock_llm: MockLLM
+) -> None:
+    slow_before = metric(app, "agenthost_streams_ended_total", '{reason="slow_consumer"}')
+    rss_before = psutil.Process(app.pid).memory_info().rss
+    body = b"{\"message\": \"[[tokens:5000]] [[tokensize:1000]]\"}"
+    request = (
+        f"POST {PATH.format(thread='slow')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    sock = socket.socket()
+    # a client that reads nothing while 5,000 tokens of 1 KB (more than the socket
+    # buffers hold) are produced
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", app.port))
+    try:
+        sock.sendall(request)
+        wait_for(lambda: metric(app, "agenthost_streams_ended_total",
+                                '{reason="slow_consumer"}') == slow_before + 1)
+        rss_during = psutil.Process(app.pid).memory_info().rss
+        # now the client reads: what was in flight, then the slow_consumer error, then EOF
+        sock.settimeout(10)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+            if b"slow_consumer" in raw and raw.endswith(b"0\r\n\r\n"):
+                break
+    finally:
+        sock.close()
+    # the turn still completes and is stored, all 5,000 tokens of it
+    wait_for(lambda: len(history(app, "slow")) == 2)
+    reply = history(app, "slow")[1]["content"]
+    assert isinstance(reply, str) and len(reply.split()) == 5000
+    assert metric(app, "agenthost_stream_queue_high_water") <= 100
+    assert rss_during - rss_before < 30 * 1024 * 1024
+    evs = parse_sse_bytes(dechunk(raw))
+    assert evs[-1].event == "error" and evs[-1].json["code"] == "slow_consumer"
+    assert len([e for e in evs if e.event == "token"]) < 5000
+    wait_for(lambda: metric(app, "agenthost_streams_active") == 0)
+
+
+async def test_cancel_on_disconnect_stops_the_run(mock_llm: MockLLM) -> None:
+    proc = start_app({"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": mock_llm.base_url,
+                      "AGENTHOST_CANCEL_ON_DISCONNECT": "true"})
+    try:
+        mock_llm.control(token_delay_ms=50)
+        async with httpx.AsyncClient(base_url=base(proc), timeout=30) as client:
+            async with client.stream("POST", PATH.format(thread="cancelled"),
+                                     json={"message": "[[tokens:100]]"}) as response:
+                async for item in read_sse(response):
+                    if isinstance(item, Event) and item.event == "token":
+                        break
+        wait_for(lambda: metric(proc, "agenthost_streams_active") == 0)
+        # the run stopped: its turn is undone rather than stored
+        assert history(proc, "cancelled") == []
+        assert metric(proc, "agenthost_streams_ended_total", '{reason="disconnected"}') == 1
+    finally:
+        proc.stop()
+
+
+async def test_stream_caps_answer_429_with_retry_after(mock_llm: MockLLM) -> None:
+    proc = start_app({"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": mock_llm.base_url,
+                      "AGENTHOST_STREAM_MAX_PER_TENANT": "2",
+                      "AGENTHOST_STREAM_RETRY_AFTER_S": "7"})
+    try:
+        mock_llm.control(latency_ms=1500)
+        async with httpx.AsyncClient(base_url=base(proc), timeout=30) as client:
+            async def open_stream(tenant: str, thread: str) -> httpx.Response:
+                request = client.build_request(
+                    "POST", f"/v1/tenants/{tenant}/threads/{thread}/stream",
+                    json={"message": "hi"})
+                return await client.send(request, stream=True)
+
+            first = await open_stream("demo", "a")
+            second = await open_stream("demo", "b")
+            third = await open_stream("demo", "c")
+            assert [first.status_code, second.status_code] == [200, 200]
+            assert third.status_code == 429 and third.headers["retry-after"] == "7"
+            assert (await third.aread()).startswith(b'{"error":{"code":"too_many_streams"')
+            for response in (first, second):
+                await response.aclose()
+        wait_for(lambda: metric(proc, "agenthost_streams_active") == 0)
+        assert metric(proc, "agenthost_streams_rejected_total", '{cap="tenant"}') == 1
+    finally:
+        proc.stop()
