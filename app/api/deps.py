@@ -1,4 +1,8 @@
-"""Dependency aliases: handlers receive app objects and the authorized tenant through these."""
+"""Dependency aliases: handlers receive app objects and the authorized tenant through these.
+
+Dependencies are ``async def`` although they never await: FastAPI runs a plain ``def``
+dependency in a worker thread, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from app.errors import TenantNotFound, Unauthorized
 from app.state import AppState
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:
     state: AppState = request.app.state.agenthost
     return state
 
@@ -31,7 +35,7 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip()
 
 
-def authorized_tenant(
+async def authorized_tenant(
     state: StateDep,
     tenant_id: TenantId,
     authorization: Annotated[str | None, Header()] = None,
