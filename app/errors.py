@@ -36,6 +36,11 @@ class Unauthorized(AppError):
     code = "unauthorized"
 
 
+class AdminDisabled(AppError):
+    status_code = 403
+    code = "admin_disabled"
+
+
 class TenantNotFound(AppError):
     status_code = 404
     code = "tenant_not_found"

@@ -9,14 +9,16 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from app.agents.base import BaseAgent
+from app.agents.cache import AgentCache
 from app.agents.graph import build_agent_graph
 from app.agents.models import ModelPool
 from app.agents.runner import TurnRunner
+from app.agents.tenant_store import RedisTenantStore, TenantStore
 from app.agents.tenants import TenantRegistry, load_tenants_file
 from app.agents.tools import ToolRegistry, build_builtin_tools
 from app.api.middleware.body_limit import BodyLimitMiddleware
 from app.api.middleware.request_id import RequestIdMiddleware
-from app.api.routes import chat, health, stream
+from app.api.routes import admin, chat, health, stream
 from app.errors import ConfigError, install_error_handlers
 from app.janitor import Janitor
 from app.persistence.memory import BoundedMemorySaver
@@ -61,23 +63,47 @@ def _embedded_defaults(state: AppState) -> list[str]:
 
 async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
     tools = ToolRegistry(build_builtin_tools())
-    tenants = TenantRegistry(load_tenants_file(settings.tenants_file, tools.names()))
+    file_tenants = load_tenants_file(settings.tenants_file, tools.names())
+    tenants = TenantRegistry({})
     models = ModelPool(settings)
     stack.push_async_callback(models.aclose)
     store = await _open_store(settings, stack)
+    tenant_store: TenantStore
+    if isinstance(store, RedisStore):
+        tenant_store = RedisTenantStore(tenants, tools.names(), store.client,
+                                        settings.tenant_sync_interval_s)
+        await tenant_store.load(file_tenants)
+    else:
+        tenants.replace_all(file_tenants)
+        tenant_store = TenantStore(tenants, tools.names())
     base_agent = BaseAgent(build_agent_graph(store.checkpointer), models, tools, settings)
+    agents = AgentCache(
+        base_agent.build,
+        max_entries=settings.agent_cache_max_entries,
+        max_bytes=settings.agent_cache_max_bytes,
+        ttl_s=settings.agent_cache_ttl_s,
+        retry_s=settings.mcp_retry_s,
+    )
+    tenant_store.on_change(agents.invalidate)
+    await tenant_store.start()
+    stack.push_async_callback(tenant_store.stop)
+    for _, config in tenants.items():  # first requests should not pay for client setup
+        models.get(config.model or settings.default_model)
     streams = StreamHub(settings)
     # Registered after the store: on exit, running turns finish before the store closes.
     stack.push_async_callback(streams.aclose, settings.shutdown_grace_s)
     janitor = Janitor(settings.janitor_interval_s)
     janitor.add("streams", streams.sweep)
+    janitor.add("agent_cache", agents.sweep)
     if isinstance(store, MemoryStore):
         janitor.add("memory_threads", store.saver.sweep)
     state = AppState(
         settings=settings,
         tenants=tenants,
+        tenant_store=tenant_store,
         store=store,
         base_agent=base_agent,
+        agents=agents,
         runner=TurnRunner(base_agent.graph, store, settings),
         streams=streams,
         janitor=janitor,
@@ -119,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(stream.router)
+    app.include_router(admin.router)
     app.include_router(health.router)
     # Outermost last: the request id wraps everything, including 413 refusals.
     app.add_middleware(BodyLimitMiddleware, max_bytes=resolved.max_body_bytes)

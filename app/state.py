@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from app.agents.base import BaseAgent
+from app.agents.cache import AgentCache
 from app.agents.runner import TurnRunner
+from app.agents.tenant_store import TenantStore
 from app.agents.tenants import TenantRegistry
 from app.janitor import Janitor
 from app.persistence.store import ConversationStore
@@ -17,8 +19,10 @@ from config.settings import Settings
 class AppState:
     settings: Settings
     tenants: TenantRegistry
+    tenant_store: TenantStore
     store: ConversationStore
     base_agent: BaseAgent
+    agents: AgentCache
     runner: TurnRunner
     streams: StreamHub
     janitor: Janitor

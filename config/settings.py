@@ -57,9 +57,35 @@ class Settings(BaseSettings):
         description="Comma-separated service keys; a service key acts on every tenant.",
     )
 
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token for the /v1/admin API; without it the admin API is off."
+    )
+
     # --- tenants ---
     tenants_file: Path = Field(
         CONFIG_DIR / "tenants.yaml", description="YAML file with the tenants loaded at start."
+    )
+
+    tenant_sync_interval_s: float = Field(
+        2.0, gt=0, description="With Redis: how often a worker checks for tenant changes it "
+        "missed on pub/sub."
+    )
+
+    # --- agent cache ---
+    agent_cache_max_entries: int = Field(
+        1000, ge=1, description="Tenant agents cached per worker (least recently used go)."
+    )
+    agent_cache_max_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Estimated bytes the agent cache may hold."
+    )
+    agent_cache_ttl_s: float = Field(
+        3600.0, gt=0, description="A cached agent unused this long is dropped."
+    )
+    mcp_timeout_s: float = Field(
+        10.0, gt=0, description="Connecting to a tenant's MCP server and listing its tools."
+    )
+    mcp_retry_s: float = Field(
+        30.0, gt=0, description="After an MCP server failed, retry it this much later."
     )
 
     # --- LLM ---

@@ -64,6 +64,15 @@ async def _agent(state: MessagesState, runtime: Runtime[TenantAgent]) -> dict[st
     return {"messages": [*removals, reply]}
 
 
+def _tool_text(result: Any) -> str:
+    """A tool result as text; MCP tools answer with a list of content blocks."""
+    if isinstance(result, str):
+        return result
+    if isinstance(result, list) and all(isinstance(b, dict) for b in result):
+        return "\n".join(str(b.get("text", "")) for b in result if b.get("type") == "text")
+    return str(result)
+
+
 async def _run_tool(agent: TenantAgent, call: ToolCall) -> ToolMessage:
     name, call_id = call["name"], call.get("id") or ""
     tool = agent.tools.get(name)
@@ -80,7 +89,7 @@ async def _run_tool(agent: TenantAgent, call: ToolCall) -> ToolMessage:
         logger.info("tenant %s: tool %s failed: %s", agent.tenant_id, name, exc)
         content, status = f"Error: {exc}", "error"
     else:
-        content = result if isinstance(result, str) else str(result)
+        content = _tool_text(result)
         status = "success"
     return ToolMessage(content, tool_call_id=call_id, name=name, status=status)
 

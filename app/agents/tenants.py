@@ -93,22 +93,25 @@ def load_tenants_file(path: Path, known_tools: Iterable[str]) -> dict[str, Tenan
 
 
 class TenantRegistry:
-    """Tenant configs by id. Reads are plain dict lookups on the request path."""
+    """Tenant configs by id. Reads are plain dict lookups on the request path.
+
+    Changes (admin API, other workers) replace a tenant's config object, so holders of the
+    old object (a turn in flight, a cached agent) are never modified under them.
+    """
 
     def __init__(self, tenants: Mapping[str, TenantConfig]) -> None:
-        self._tenants: dict[str, TenantConfig] = dict(tenants)
+        self._tenants: dict[str, TenantConfig] = {}
         self._key_owners: dict[str, str] = {}
-        for tenant_id, config in self._tenants.items():
-            for digest in config.api_keys_sha256:
-                other = self._key_owners.setdefault(digest, tenant_id)
-                if other != tenant_id:
-                    raise ConfigError(f"tenants {other!r} and {tenant_id!r} share an API key")
+        self.replace_all(tenants)
 
     def get(self, tenant_id: str) -> TenantConfig | None:
         return self._tenants.get(tenant_id)
 
     def ids(self) -> list[str]:
         return sorted(self._tenants)
+
+    def items(self) -> list[tuple[str, TenantConfig]]:
+        return list(self._tenants.items())
 
     def __len__(self) -> int:
         return len(self._tenants)
@@ -120,3 +123,34 @@ class TenantRegistry:
     def owner_of_key(self, key: str) -> str | None:
         """The tenant a key belongs to (keys are stored as SHA-256 digests)."""
         return self._key_owners.get(hash_key(key))
+
+    def check_keys(self, tenant_id: str, config: TenantConfig) -> None:
+        """Refuse a config whose keys already belong to another tenant."""
+        for digest in config.api_keys_sha256:
+            owner = self._key_owners.get(digest)
+            if owner is not None and owner != tenant_id:
+                raise ConfigError(f"tenants {owner!r} and {tenant_id!r} share an API key")
+
+    def put(self, tenant_id: str, config: TenantConfig) -> None:
+        self.check_keys(tenant_id, config)
+        self._drop_keys(tenant_id)
+        self._tenants[tenant_id] = config
+        for digest in config.api_keys_sha256:
+            self._key_owners[digest] = tenant_id
+
+    def remove(self, tenant_id: str) -> bool:
+        self._drop_keys(tenant_id)
+        return self._tenants.pop(tenant_id, None) is not None
+
+    def replace_all(self, tenants: Mapping[str, TenantConfig]) -> None:
+        self._tenants.clear()
+        self._key_owners.clear()
+        for tenant_id, config in tenants.items():
+            self.put(tenant_id, config)
+
+    def _drop_keys(self, tenant_id: str) -> None:
+        old = self._tenants.get(tenant_id)
+        if old is not None:
+            for digest in old.api_keys_sha256:
+                if self._key_owners.get(digest) == tenant_id:
+                    del self._key_owners[digest]

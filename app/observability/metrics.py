@@ -36,3 +36,22 @@ STREAM_QUEUE_HIGH_WATER = Gauge(
 JANITOR_REMOVED = Counter(
     "agenthost_janitor_removed_total", "Items the janitor cleaned up, by sweep.", ["sweep"]
 )
+
+AGENT_CACHE_ENTRIES = Gauge("agenthost_agent_cache_entries", "Tenant agents cached.")
+AGENT_CACHE_BYTES = Gauge(
+    "agenthost_agent_cache_estimated_bytes", "Estimated bytes held by cached tenant agents."
+)
+AGENT_CACHE_HITS = Counter("agenthost_agent_cache_hits_total", "Agent cache hits.")
+AGENT_CACHE_MISSES = Counter("agenthost_agent_cache_misses_total", "Agent cache misses.")
+AGENT_CACHE_EVICTIONS = Counter(
+    "agenthost_agent_cache_evictions_total",
+    "Agents dropped from the cache, by reason (lru, budget, ttl, invalidated).",
+    ["reason"],
+)
+AGENT_BUILD_SECONDS = Histogram(
+    "agenthost_agent_build_seconds", "Time to build a tenant's agent (MCP listing included).",
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30),
+)
+MCP_FAILURES = Counter(
+    "agenthost_mcp_failures_total", "MCP servers that could not be used when building an agent."
+)

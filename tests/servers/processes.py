@@ -131,3 +131,9 @@ def start_app(env: Mapping[str, str], port: int | None = None,
         time.sleep(0.05)
     proc.stop()
     raise RuntimeError(f"app did not become healthy; log:\n{proc.log_text()[-3000:]}")
+
+
+def start_mcp_server(port: int | None = None) -> ManagedProcess:
+    port = port or free_port()
+    return ManagedProcess([sys.executable, "-m", "tests.servers.mcp_server", "--port", str(port)],
+                          port, log_name="mcp")

@@ -26,7 +26,7 @@ async def post_message(
     state: StateDep, config: TenantDep, tenant_id: TenantId, thread_id: ThreadId, body: MessageIn
 ) -> TurnOut:
     text = checked_message(state, body)
-    agent = state.base_agent.clone(tenant_id, config)
+    agent = await state.agents.get(tenant_id, config)
     result = await state.runner.run(agent, thread_key(tenant_id, thread_id), text)
     return TurnOut(
         tenant_id=tenant_id,

@@ -39,6 +39,17 @@ async def ready(state: StateDep) -> JSONResponse:
     return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
 
 
+@router.get("/cache-stats")
+async def cache_stats(state: StateDep) -> dict[str, Any]:
+    """The agent cache, the conversation store and live streams of this worker."""
+    return {
+        "agent_cache": state.agents.stats(),
+        "persistence": state.store.stats(),
+        "streams": {"active": len(state.streams),
+                    "queue_high_water": state.streams.watermark.high},
+    }
+
+
 @router.get("/metrics")
 async def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -62,7 +62,7 @@ async def stream_message(
     state: StateDep, config: TenantDep, tenant_id: TenantId, thread_id: ThreadId, body: MessageIn
 ) -> EventSourceResponse:
     text = checked_message(state, body)
-    agent = state.base_agent.clone(tenant_id, config)
+    agent = await state.agents.get(tenant_id, config)
     stream = state.streams.open(tenant_id, thread_id)
     key = thread_key(tenant_id, thread_id)
     state.streams.start(stream, produce(state.runner, agent, key, text, stream))

@@ -1,0 +1,70 @@
+"""Admin: list, read, create or replace, and delete tenant configs."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Response
+
+from app.agents.tenants import TenantConfig
+from app.api.deps import StateDep, TenantId, bearer_token
+from app.errors import AdminDisabled, ConfigError, InvalidRequest, TenantNotFound, Unauthorized
+from app.state import AppState
+
+
+async def require_admin(
+    state: StateDep, authorization: Annotated[str | None, Header()] = None
+) -> AppState:
+    expected = state.settings.admin_token
+    if expected is None:
+        raise AdminDisabled("the admin API is off; set AGENTHOST_ADMIN_TOKEN to turn it on")
+    token = bearer_token(authorization)
+    if token is None or not hmac.compare_digest(
+        token.encode(), expected.get_secret_value().encode()
+    ):
+        raise Unauthorized("send 'Authorization: Bearer <admin token>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+    return state
+
+
+AdminDep = Annotated[AppState, Depends(require_admin)]
+
+router = APIRouter(prefix="/v1/admin/tenants", tags=["admin"])
+
+
+def _tenant_body(tenant_id: str, config: TenantConfig) -> dict[str, Any]:
+    return {"tenant_id": tenant_id, "config": config.model_dump(mode="json")}
+
+
+@router.get("")
+async def list_tenants(state: AdminDep) -> dict[str, Any]:
+    ids = state.tenants.ids()
+    return {"tenants": ids, "count": len(ids), "store": state.tenant_store.description}
+
+
+@router.get("/{tenant_id}")
+async def get_tenant(state: AdminDep, tenant_id: TenantId) -> dict[str, Any]:
+    config = state.tenants.get(tenant_id)
+    if config is None:
+        raise TenantNotFound(f"no tenant {tenant_id!r}")
+    return _tenant_body(tenant_id, config)
+
+
+@router.put("/{tenant_id}")
+async def put_tenant(
+    state: AdminDep, tenant_id: TenantId, config: TenantConfig, response: Response
+) -> dict[str, Any]:
+    try:
+        created = await state.tenant_store.put(tenant_id, config)
+    except ConfigError as exc:
+        raise InvalidRequest(str(exc)) from exc
+    response.status_code = 201 if created else 200
+    return _tenant_body(tenant_id, config)
+
+
+@router.delete("/{tenant_id}", status_code=204)
+async def delete_tenant(state: AdminDep, tenant_id: TenantId) -> Response:
+    if not await state.tenant_store.delete(tenant_id):
+        raise TenantNotFound(f"no tenant {tenant_id!r}")
+    return Response(status_code=204)
