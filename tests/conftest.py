@@ -16,7 +16,12 @@ import yaml
 
 from app.main import create_app
 from config.settings import Settings
-from tests.servers.processes import ManagedProcess, start_mock_openai, start_redis
+from tests.servers.processes import (
+    ManagedProcess,
+    start_mcp_server,
+    start_mock_openai,
+    start_redis,
+)
 
 TENANT_KEY = "acme-secret-key"
 OTHER_TENANT_KEY = "globex-secret-key"
@@ -87,6 +92,13 @@ class MockLLM:
 
 
 @pytest.fixture(scope="session")
+def mcp_server() -> Iterator[ManagedProcess]:
+    server = start_mcp_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def mock_llm_server() -> Iterator[ManagedProcess]:
     server = start_mock_openai()
     yield server
@@ -107,9 +119,12 @@ SettingsFactory = Callable[..., Settings]
 def make_settings(tmp_path: Path) -> SettingsFactory:
     """Settings for one test: the test tenants (keyed ones with ``keys=True``) plus overrides."""
 
-    def make(*, keys: bool = False, **overrides: Any) -> Settings:
-        path = tmp_path / ("tenants-keyed.yaml" if keys else "tenants.yaml")
-        path.write_text(yaml.safe_dump(with_keys(TEST_TENANTS) if keys else TEST_TENANTS))
+    def make(*, keys: bool = False, extra_tenants: dict[str, Any] | None = None,
+             **overrides: Any) -> Settings:
+        tenants = with_keys(TEST_TENANTS) if keys else dict(TEST_TENANTS)
+        tenants.update(extra_tenants or {})
+        path = tmp_path / f"tenants-{len(list(tmp_path.iterdir()))}.yaml"
+        path.write_text(yaml.safe_dump(tenants))
         return Settings(tenants_file=path, **overrides)
 
     return make
