@@ -10,7 +10,6 @@ request after ``retry_s``.
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -28,10 +27,12 @@ from app.observability.metrics import (
     AGENT_CACHE_MISSES,
 )
 
-# What one entry costs beyond its prompt and unshared tools, measured by
-# bench/tenant_memory.py (cache entry, TenantAgent, SystemMessage, tool map, binding).
-ENTRY_OVERHEAD_BYTES = 3000
-# A tool object of the tenant's own (MCP), with its schema, measured the same way.
+# What one entry holds, measured by bench/tenant_memory.py: the cache entry, TenantAgent,
+# SystemMessage and tool map (~1.4 KB). The prompt string is the tenant registry's (the
+# message references it) and the model binding is shared by tenants with the same model,
+# temperature and builtin tools, so neither is counted here.
+ENTRY_OVERHEAD_BYTES = 1500
+# A tool of the tenant's own (MCP) with its schema, and its share of an unshared binding.
 OWN_TOOL_BYTES = 6000
 
 
@@ -46,8 +47,7 @@ Builder = Callable[[str, TenantConfig], Awaitable[BuiltAgent]]
 
 
 def estimate_bytes(config: TenantConfig, built: BuiltAgent) -> int:
-    prompt = sys.getsizeof(config.system_prompt)
-    return ENTRY_OVERHEAD_BYTES + prompt + OWN_TOOL_BYTES * built.own_tools
+    return ENTRY_OVERHEAD_BYTES + OWN_TOOL_BYTES * built.own_tools
 
 
 @dataclass(slots=True)

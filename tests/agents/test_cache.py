@@ -9,6 +9,7 @@ from langchain_core.messages import SystemMessage
 
 from app.agents.cache import (
     ENTRY_OVERHEAD_BYTES,
+    OWN_TOOL_BYTES,
     AgentCache,
     BuiltAgent,
     estimate_bytes,
@@ -101,15 +102,15 @@ async def test_count_bound_evicts_least_recently_used() -> None:
 
 
 async def test_byte_budget_binds_before_the_count() -> None:
-    big = TenantConfig(system_prompt="x" * 20_000)
-    one = estimate_bytes(big, BuiltAgent(None, 0, False))  # type: ignore[arg-type]
+    one = estimate_bytes(CONFIG, BuiltAgent(None, 0, False))  # type: ignore[arg-type]
+    with_tools = estimate_bytes(CONFIG, BuiltAgent(None, 3, False))  # type: ignore[arg-type]
+    assert one == ENTRY_OVERHEAD_BYTES and with_tools == one + 3 * OWN_TOOL_BYTES
     agents = cache(Builder(), max_entries=100, max_bytes=int(one * 2.5))
     for tenant in "abcd":
-        await agents.get(tenant, big)
+        await agents.get(tenant, CONFIG)
     assert len(agents) == 2
     assert agents.bytes <= agents.max_bytes
     assert agents.stats()["evictions"] == {"budget": 2}
-    assert one >= ENTRY_OVERHEAD_BYTES + 20_000
 
 
 async def test_idle_entries_expire_by_sweep_and_on_access() -> None:

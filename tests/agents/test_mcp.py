@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
-
 
 from tests.conftest import MockLLM, SettingsFactory, app_client
 from tests.servers.processes import ManagedProcess, free_port, start_mcp_server
@@ -64,8 +64,6 @@ async def test_a_dead_mcp_server_costs_its_tools_not_the_request(
         # the server comes up; after the retry delay the agent is rebuilt with its tools
         server = start_mcp_server(port)
         try:
-            import asyncio
-
             await asyncio.sleep(0.6)
             reply = await client.post(path, json={"message": CALL})
             assert reply.json()["reply"]["content"].endswith("monday 15:30 with Dr. Lee")
