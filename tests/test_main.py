@@ -13,7 +13,9 @@ async def test_lifespan_builds_state_and_registers_the_sweeps(
     app = create_app(make_settings(history_ttl_s=1))
     async with app.router.lifespan_context(app):
         state: AppState = app.state.agenthost
-        assert sorted(await state.janitor.run_once()) == ["memory_threads", "streams"]
+        assert sorted(await state.janitor.run_once()) == [
+            "agent_cache", "memory_threads", "streams"
+        ]
         assert state.janitor.running  # started by the lifespan
     assert not state.janitor.running  # and stopped with it
 

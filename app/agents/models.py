@@ -11,9 +11,9 @@ import logging
 import httpx
 from cachetools import LRUCache
 from langchain_core.language_models import BaseChatModel
-from langchain_openai import ChatOpenAI
 
 from app.agents.offline import OfflineChatModel
+from app.agents.openai_stream import StreamingChatOpenAI
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class ModelPool:
         if cached is None:
             key = self._settings.openai_api_key
             assert key is not None and self._http is not None
-            cached = ChatOpenAI(
+            cached = StreamingChatOpenAI(
                 model=model,
                 api_key=key,
                 base_url=self.base_url,

@@ -8,7 +8,8 @@ is N tokens instead (for load tests). Triggers inside the last user message:
 - ``[[tool:NAME {json args}]]`` asks for that tool when the request offers it; the next
   call (ending with the tool result) answers ``tool NAME returned: <result>``.
 - ``[[fail:500]]`` / ``[[fail:429]]`` answer that status; ``[[fail:hang]]`` never answers;
-  ``[[fail:drop]]`` streams a few tokens then closes the connection.
+  ``[[fail:drop]]`` streams a few tokens then closes the connection; ``[[fail:sse_error]]``
+  streams a few tokens then an OpenAI-style ``data: {"error": ...}`` event.
 - ``[[tokens:N]]`` replies with N tokens (``[[tokensize:B]]`` pads each to B bytes);
   ``[[slow:MS]]`` waits MS ms between tokens.
 
@@ -196,6 +197,11 @@ class MockOpenAI:
                     await asyncio.sleep(delay)
                 if mode == "drop" and index == 3:
                     raise ConnectionResetError("mock drops the stream")
+                if mode == "sse_error" and index == 3:
+                    error = {"error": {"message": "mock overloaded mid-stream",
+                                       "type": "server_error", "code": "overloaded"}}
+                    yield b"data: " + json.dumps(error).encode() + b"\n\n"
+                    return
                 yield chunk({"content": word})
         yield chunk({}, "tool_calls" if calls else "stop")
         if usage is not None:

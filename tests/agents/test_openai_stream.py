@@ -1,0 +1,78 @@
+"""StreamingChatOpenAI against the real mock server: same output as ChatOpenAI, faster parse."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from langchain_core.messages import AIMessageChunk, HumanMessage
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI
+
+from app.agents.openai_stream import StreamingChatOpenAI
+from tests.conftest import MockLLM
+
+
+@tool
+def calculator(expression: str) -> str:
+    """Evaluate arithmetic."""
+    return expression
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    # langchain-openai's default client is cached process-wide and outlives a test's loop
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+def models(mock: MockLLM, http: httpx.AsyncClient) -> tuple[Any, Any]:
+    common = {"model": "gpt-4o-mini", "api_key": "sk-test", "base_url": mock.base_url,
+              "max_retries": 0, "stream_usage": True, "http_async_client": http}
+    return StreamingChatOpenAI(**common), ChatOpenAI(**common)
+
+
+async def collect(model: Any, text: str) -> AIMessageChunk:
+    total: AIMessageChunk | None = None
+    async for chunk in model.astream([HumanMessage(text)]):
+        total = chunk if total is None else total + chunk
+    assert total is not None
+    return total
+
+
+@pytest.mark.parametrize("text", [
+    "hello there", "[[tokens:30]]", '[[tool:calculator {"expression": "6*7"}]]',
+])
+async def test_streams_the_same_message_as_the_parent(
+    mock_llm: MockLLM, http: httpx.AsyncClient, text: str
+) -> None:
+    fast, plain = models(mock_llm, http)
+    fast_result = await collect(fast.bind_tools([calculator]), text)
+    plain_result = await collect(plain.bind_tools([calculator]), text)
+    assert fast_result.content == plain_result.content
+    assert [(c["name"], c["args"]) for c in fast_result.tool_calls] == [
+        (c["name"], c["args"]) for c in plain_result.tool_calls
+    ]
+    assert fast_result.usage_metadata == plain_result.usage_metadata
+    assert fast_result.usage_metadata and fast_result.usage_metadata["total_tokens"] > 0
+
+
+async def test_errors_raise_like_the_sdk(mock_llm: MockLLM, http: httpx.AsyncClient) -> None:
+    fast, _ = models(mock_llm, http)
+    with pytest.raises(openai.APIError, match="mock overloaded mid-stream"):
+        await collect(fast, "[[fail:sse_error]] [[tokens:10]]")
+    with pytest.raises(openai.InternalServerError):
+        await collect(fast, "[[fail:500]]")
+    with pytest.raises(openai.APIConnectionError, match="interrupted"):
+        await collect(fast, "[[fail:drop]] [[tokens:10]]")
+
+
+async def test_structured_output_still_goes_through_the_parent(
+    mock_llm: MockLLM, http: httpx.AsyncClient
+) -> None:
+    fast, _ = models(mock_llm, http)
+    assert fast._plain_path({})
+    assert not fast._plain_path({"response_format": {"type": "json_object"}})
