@@ -21,9 +21,10 @@ class StreamEvent:
     def final(self) -> bool:
         return self.event in FINAL_EVENTS
 
-    def to_sse(self, event_id: int) -> ServerSentEvent:
-        return ServerSentEvent(data=orjson.dumps(self.data).decode(), event=self.event,
-                               id=str(event_id))
+    def encode(self, event_id: int) -> bytes:
+        """The event as SSE wire bytes (orjson never emits a raw newline inside data)."""
+        return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (
+            event_id, self.event.encode(), orjson.dumps(self.data))
 
 
 def token(text: str) -> StreamEvent:

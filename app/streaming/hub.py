@@ -92,8 +92,12 @@ class LiveStream:
                 self.queue.get_nowait()
             self.queue.put_nowait(final)
 
-    async def next_event(self) -> StreamEvent:
-        return await self.queue.get()
+    async def next_events(self, limit: int) -> list[StreamEvent]:
+        """Wait for an event, then take the ones already queued behind it (up to a final)."""
+        batch = [await self.queue.get()]
+        while len(batch) < limit and not batch[-1].final and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+        return batch
 
 
 class StreamHub:

@@ -56,7 +56,7 @@ async def test_a_full_queue_past_the_timeout_becomes_one_error_event() -> None:
     await stream.emit(events.token("one too many"))  # waits 50 ms, then gives up
     assert stream.ended == "slow_consumer"
     assert stream.queue.qsize() == 1
-    final = await stream.next_event()
+    [final] = await stream.next_events(10)
     assert final.event == "error" and final.data["code"] == "slow_consumer"
     await stream.emit(events.token("dropped"))
     assert stream.queue.empty()
@@ -94,7 +94,7 @@ async def test_sweep_ends_streams_past_their_maximum_age() -> None:
     clock.now += 31
     assert streams.sweep() == 1
     assert old.ended == "expired" and young.ended is None
-    assert (await old.next_event()).data["code"] == "stream_expired"
+    assert (await old.next_events(10))[0].data["code"] == "stream_expired"
     assert [s["thread_id"] for s in streams.snapshot()] == ["old", "young"]
 
 
@@ -138,3 +138,17 @@ async def test_janitor_runs_every_sweep_and_survives_a_failing_one(
     await asyncio.sleep(0.05)
     await janitor.stop()
     assert len(calls) >= 3
+
+
+async def test_queued_events_are_taken_together_up_to_the_final_one() -> None:
+    streams = hub()
+    stream = streams.open("a", "t")
+    for i in range(5):
+        await stream.emit(events.token(str(i)))
+    await stream.emit(events.done({}))
+    first = await stream.next_events(3)
+    rest = await stream.next_events(10)
+    assert [e.data.get("text") for e in first] == ["0", "1", "2"]
+    assert [e.event for e in rest] == ["token", "token", "done"]
+    wire = b"".join(e.encode(i) for i, e in enumerate(first, start=1))
+    assert wire.startswith(b'id: 1\r\nevent: token\r\ndata: {"text":"0"}\r\n\r\nid: 2\r\n')
