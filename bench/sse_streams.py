@@ -9,8 +9,8 @@ minimal raw-socket client (starts spread over ``--ramp-s``, about one stream's l
 that about N are live at once) and measures:
 - TTFT: request sent → first ``token`` event, minus the same measured straight against the
   mock at the same concurrency (the service's own overhead), p50 and p99;
-- RSS: the service's peak RSS while the N streams are open, minus its RSS before;
-  divided by N for a per-stream figure.
+- RSS: the service's peak RSS over the rounds at N, minus its RSS after a 20-stream
+  warm-up, in a fresh service process per N; divided by N for a per-stream figure.
 Rounds are repeated and medians reported. Prints figures; asserts nothing.
 """
 
@@ -23,6 +23,7 @@ import resource
 import statistics
 import threading
 import time
+from collections.abc import Callable
 
 import psutil
 
@@ -92,36 +93,45 @@ async def burst(port: int, path: str, body: dict[str, object], n: int,
     return [ttft for ttft, _ in results]
 
 
-async def run(args: argparse.Namespace, mock: ManagedProcess, app: ManagedProcess) -> None:
-    app_process = psutil.Process(app.pid)
+async def run(args: argparse.Namespace, mock: ManagedProcess,
+              start_service: Callable[[], ManagedProcess]) -> None:
     direct_body = {"model": "gpt-4o-mini", "stream": True,
                    "messages": [{"role": "user", "content": "hi"}]}
-    await burst(app.port, "/v1/tenants/demo/threads/warm/stream", {"message": "warm"}, 20)
     print(f"mock: first byte after {args.latency_ms} ms, then {args.tokens} tokens every "
           f"{args.token_delay_ms} ms; starts spread over {args.ramp_s} s; service: one worker, "
-          "in-memory persistence")
+          "in-memory persistence, a fresh process per N")
     print(f"{'streams':>8} {'TTFT svc p50':>13} {'p99':>8} {'mock p50':>9} {'mock p99':>9} "
           f"{'overhead p50':>13} {'p99':>8} {'+RSS MB':>8} {'KB/stream':>10}")
     for n in args.streams:
-        rows = []
-        for round_ in range(args.rounds):
-            direct = await burst(mock.port, "/v1/chat/completions", direct_body, n, args.ramp_s)
+        app = start_service()
+        try:
+            app_process = psutil.Process(app.pid)
+            await burst(app.port, "/v1/tenants/demo/threads/warm/stream", {"message": "warm"},
+                        20)
             before = app_process.memory_info().rss
+            rows = []
             with RssSampler(app.pid) as sampler:
-                served = await asyncio.gather(*(
-                    one_stream(app.port, f"/v1/tenants/demo/threads/b{n}-{round_}-{i}/stream",
-                               {"message": "go"}, i * args.ramp_s / n) for i in range(n)))
-            if not all(ok for _, ok in served):
-                print(f"  warning: {sum(not ok for _, ok in served)}/{n} streams did not end")
-            ttft = [t for t, _ in served]
+                for round_ in range(args.rounds):
+                    direct = await burst(mock.port, "/v1/chat/completions", direct_body, n,
+                                         args.ramp_s)
+                    served = await asyncio.gather(*(
+                        one_stream(app.port,
+                                   f"/v1/tenants/demo/threads/b{n}-{round_}-{i}/stream",
+                                   {"message": "go"}, i * args.ramp_s / n) for i in range(n)))
+                    if not all(ok for _, ok in served):
+                        print(f"  warning: {sum(not ok for _, ok in served)}/{n} streams "
+                              "did not end")
+                    ttft = [t for t, _ in served]
+                    rows.append((statistics.median(ttft), percentile(ttft, 0.99),
+                                 statistics.median(direct), percentile(direct, 0.99)))
             growth = max(0, sampler.peak - before)
-            rows.append((statistics.median(ttft), percentile(ttft, 0.99),
-                         statistics.median(direct), percentile(direct, 0.99), growth))
-        p50, p99, d50, d99, growth = (statistics.median(col) for col in zip(*rows, strict=True))
-        print(f"{n:>8} {p50 * 1000:>10.1f} ms {p99 * 1000:>5.1f} ms {d50 * 1000:>6.1f} ms "
-              f"{d99 * 1000:>6.1f} ms {(p50 - d50) * 1000:>10.1f} ms {(p99 - d99) * 1000:>5.1f} ms"
-              f" {growth / 2**20:>8.1f} {growth / n / 1024:>10.1f}", flush=True)
-    print(f"service RSS at the end: {app_process.memory_info().rss / 2**20:.1f} MB")
+            p50, p99, d50, d99 = (statistics.median(col) for col in zip(*rows, strict=True))
+            print(f"{n:>8} {p50 * 1000:>10.1f} ms {p99 * 1000:>5.1f} ms {d50 * 1000:>6.1f} ms "
+                  f"{d99 * 1000:>6.1f} ms {(p50 - d50) * 1000:>10.1f} ms "
+                  f"{(p99 - d99) * 1000:>5.1f} ms {growth / 2**20:>8.1f} "
+                  f"{growth / n / 1024:>10.1f}", flush=True)
+        finally:
+            app.stop()
 
 
 def main() -> None:
@@ -139,18 +149,20 @@ def main() -> None:
     mock = start_mock_openai(None, "--latency-ms", str(args.latency_ms), "--token-delay-ms",
                              str(args.token_delay_ms), "--reply-tokens", str(args.tokens))
     top = max(args.streams) + 100
-    app = start_app({
-        "OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": f"http://127.0.0.1:{mock.port}/v1",
-        "AGENTHOST_STREAM_MAX_PER_WORKER": str(top),
-        "AGENTHOST_STREAM_MAX_PER_TENANT": str(top),
-        "AGENTHOST_LLM_MAX_CONNECTIONS": str(top),
-        "AGENTHOST_LLM_MAX_KEEPALIVE": str(top),
-        "AGENTHOST_LOG_LEVEL": "WARNING",
-    })
+
+    def start_service() -> ManagedProcess:
+        return start_app({
+            "OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": f"http://127.0.0.1:{mock.port}/v1",
+            "AGENTHOST_STREAM_MAX_PER_WORKER": str(top),
+            "AGENTHOST_STREAM_MAX_PER_TENANT": str(top),
+            "AGENTHOST_LLM_MAX_CONNECTIONS": str(top),
+            "AGENTHOST_LLM_MAX_KEEPALIVE": str(top),
+            "AGENTHOST_LOG_LEVEL": "WARNING",
+        })
+
     try:
-        asyncio.run(run(args, mock, app))
+        asyncio.run(run(args, mock, start_service))
     finally:
-        app.stop()
         mock.stop()
 
 
