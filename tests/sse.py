@@ -29,6 +29,17 @@ class Comment:
     received_at: float = field(default_factory=time.monotonic)
 
 
+def _apply_field(event: Event, line: str) -> None:
+    name, _, value = line.partition(":")
+    value = value[1:] if value.startswith(" ") else value
+    if name == "event":
+        event.event = value
+    elif name == "id":
+        event.id = value
+    elif name == "data":
+        event.data = f"{event.data}\n{value}" if event.data else value
+
+
 async def read_sse(response: httpx.Response) -> AsyncIterator[Event | Comment]:
     current = Event()
     seen = False
@@ -41,15 +52,8 @@ async def read_sse(response: httpx.Response) -> AsyncIterator[Event | Comment]:
         elif line.startswith(":"):
             yield Comment(line[1:].strip())
         else:
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
+            _apply_field(current, line)
             seen = True
-            if name == "event":
-                current.event = value
-            elif name == "id":
-                current.id = value
-            elif name == "data":
-                current.data = f"{current.data}\n{value}" if current.data else value
 
 
 def parse_sse_bytes(raw: bytes) -> list[Event]:
@@ -60,15 +64,8 @@ def parse_sse_bytes(raw: bytes) -> list[Event]:
         for line in block.split("\n"):
             if not line or line.startswith(":"):
                 continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
+            _apply_field(event, line)
             seen = True
-            if name == "event":
-                event.event = value
-            elif name == "id":
-                event.id = value
-            elif name == "data":
-                event.data = value
         if seen:
             out.append(event)
     return out

@@ -175,14 +175,19 @@ class StreamHub:
                 stream.task.cancel()
         return len(expired)
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def stats(self) -> dict[str, Any]:
         now = self._clock()
-        return [
-            {"stream_id": s.stream_id, "tenant_id": s.tenant_id, "thread_id": s.thread_id,
-             "age_s": round(now - s.started, 3), "idle_s": round(now - s.last_event, 3),
-             "queued": s.queue.qsize(), "ended": s.ended}
-            for s in self._streams.values()
-        ]
+        oldest = min((s.started for s in self._streams.values()), default=None)
+        stalest = min((s.last_event for s in self._streams.values()), default=None)
+        return {
+            "active": len(self._streams),
+            "max_per_worker": self._settings.stream_max_per_worker,
+            "max_per_tenant": self._settings.stream_max_per_tenant,
+            "tenants_streaming": len(self._per_tenant),
+            "oldest_age_s": round(now - oldest, 3) if oldest is not None else None,
+            "longest_idle_s": round(now - stalest, 3) if stalest is not None else None,
+            "queue_high_water": self.watermark.high,
+        }
 
     async def aclose(self, grace_s: float) -> None:
         """Shutdown: let running turns finish within the grace period, then cancel them."""

@@ -21,7 +21,6 @@ class RequestIdMiddleware:
         request_id = next(
             (v for k, v in scope["headers"] if k == b"x-request-id" and _VALID.match(v)), None
         ) or uuid.uuid4().hex.encode()
-        scope.setdefault("state", {})["request_id"] = request_id.decode()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -45,8 +45,7 @@ async def cache_stats(state: StateDep) -> dict[str, Any]:
     return {
         "agent_cache": state.agents.stats(),
         "persistence": state.store.stats(),
-        "streams": {"active": len(state.streams),
-                    "queue_high_water": state.streams.watermark.high},
+        "streams": state.streams.stats(),
     }
 
 
