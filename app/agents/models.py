@@ -13,7 +13,7 @@ from cachetools import LRUCache
 from langchain_core.language_models import BaseChatModel
 
 from app.agents.offline import OfflineChatModel
-from app.agents.openai_stream import StreamingChatOpenAI
+from app.agents.openai_chat import LeanChatOpenAI
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class ModelPool:
         if cached is None:
             key = self._settings.openai_api_key
             assert key is not None and self._http is not None
-            cached = StreamingChatOpenAI(
+            cached = LeanChatOpenAI(
                 model=model,
                 api_key=key,
                 base_url=self.base_url,

@@ -1,4 +1,4 @@
-"""StreamingChatOpenAI against the real mock server: same output as ChatOpenAI, faster parse."""
+"""LeanChatOpenAI against the real mock server: same output as ChatOpenAI, faster parse."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
-from app.agents.openai_stream import StreamingChatOpenAI
+from app.agents.openai_chat import LeanChatOpenAI
 from tests.conftest import MockLLM
 
 
@@ -32,7 +32,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 def models(mock: MockLLM, http: httpx.AsyncClient) -> tuple[Any, Any]:
     common = {"model": "gpt-4o-mini", "api_key": "sk-test", "base_url": mock.base_url,
               "max_retries": 0, "stream_usage": True, "http_async_client": http}
-    return StreamingChatOpenAI(**common), ChatOpenAI(**common)
+    return LeanChatOpenAI(**common), ChatOpenAI(**common)
 
 
 async def collect(model: Any, text: str) -> AIMessageChunk:
@@ -74,5 +74,33 @@ async def test_structured_output_still_goes_through_the_parent(
     mock_llm: MockLLM, http: httpx.AsyncClient
 ) -> None:
     fast, _ = models(mock_llm, http)
-    assert fast._plain_path({})
-    assert not fast._plain_path({"response_format": {"type": "json_object"}})
+    assert fast._lean({})
+    assert not fast._lean({"response_format": {"type": "json_object"}})
+
+
+@pytest.mark.parametrize("text", ["hello there", '[[tool:calculator {"expression": "6*7"}]]'])
+async def test_invokes_the_same_message_as_the_parent(
+    mock_llm: MockLLM, http: httpx.AsyncClient, text: str
+) -> None:
+    fast, plain = models(mock_llm, http)
+    fast_result = await fast.bind_tools([calculator]).ainvoke([HumanMessage(text)])
+    plain_result = await plain.bind_tools([calculator]).ainvoke([HumanMessage(text)])
+    assert fast_result.content == plain_result.content
+    assert [(c["name"], c["args"]) for c in fast_result.tool_calls] == [
+        (c["name"], c["args"]) for c in plain_result.tool_calls
+    ]
+    assert fast_result.usage_metadata == plain_result.usage_metadata
+    assert fast_result.response_metadata["model_name"] == "gpt-4o-mini"
+    assert not mock_llm.requests()[-1]["stream"]
+
+
+async def test_invoke_errors_raise_like_the_sdk(mock_llm: MockLLM, http: httpx.AsyncClient) -> None:
+    fast, _ = models(mock_llm, http)
+    with pytest.raises(openai.InternalServerError):
+        await fast.ainvoke([HumanMessage("[[fail:500]]")])
+    with pytest.raises(openai.RateLimitError):
+        await fast.ainvoke([HumanMessage("[[fail:429]]")])
+    timed = LeanChatOpenAI(model="m", api_key="sk-test", base_url=mock_llm.base_url,
+                           max_retries=0, timeout=0.5, http_async_client=http)
+    with pytest.raises(openai.APITimeoutError):
+        await timed.ainvoke([HumanMessage("[[fail:hang]]")])
