@@ -131,3 +131,27 @@ def test_invalid_configuration_exits_with_the_reason() -> None:
     assert "port" in result.stderr and "invalid configuration" in result.stderr
 
 
+
+
+def test_two_replicas_never_interleave_turns_on_one_thread(
+    redis_url: str, mock_llm: MockLLM
+) -> None:
+    import concurrent.futures
+
+    mock_llm.control(latency_ms=50)
+    env = {"REDIS_URL": redis_url, "OPENAI_API_KEY": "sk-test",
+           "OPENAI_BASE_URL": mock_llm.base_url}
+    first, second = start_app(env), start_app(env)
+    bases = [f"http://127.0.0.1:{first.port}", f"http://127.0.0.1:{second.port}"]
+    try:
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            results = list(pool.map(lambda i: chat(bases[i % 2], "shared", f"m{i}"), range(10)))
+        assert all(r.status_code == 200 for r in results), [r.text for r in results]
+        history = httpx.get(f"{bases[0]}/v1/tenants/demo/threads/shared/messages").json()
+        roles = [m["role"] for m in history["messages"]]
+        assert roles == ["user", "assistant"] * 10  # every turn kept, none interleaved
+        said = sorted(m["content"] for m in history["messages"] if m["role"] == "user")
+        assert said == sorted(f"m{i}" for i in range(10))
+    finally:
+        first.stop()
+        second.stop()

@@ -1,8 +1,9 @@
 """``TurnRunner``: runs one chat turn of a tenant's agent on a thread, start to saved.
 
-Turns on one thread run one at a time in this worker (a per-thread lock that disappears
-with its last waiter). Every failure leaves as an ``AppError``, and a failed turn is
-undone, so the thread is as it was and the client can simply retry.
+Turns on one thread run one at a time: a per-thread lock in this worker (gone with its
+last waiter), plus the store's thread lock across workers and replicas (Redis). Every
+failure leaves as an ``AppError``, and a failed turn is undone, so the thread is as it
+was and the client can simply retry.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from config.settings import Settings
 logger = logging.getLogger(__name__)
 
 DISCARD_TIMEOUT_S = 5.0
+# A thread lock outlives the turn's timeout by this much before it expires on its own.
+LOCK_MARGIN_S = 10.0
 
 
 @dataclass(slots=True)
@@ -97,7 +100,11 @@ class TurnRunner:
         started = time.perf_counter()
         outcome = "ok"
         try:
-            async with self._lock(key), asyncio.timeout(self._timeout_s):
+            async with (
+                self._lock(key),
+                asyncio.timeout(self._timeout_s),
+                self._store.thread_lock(key, self._timeout_s + LOCK_MARGIN_S),
+            ):
                 yield
         except AppError as exc:
             outcome = exc.code

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 REQUIRED_MODULES = {"ReJSON": "RedisJSON", "search": "RediSearch"}
 RECOVER_INTERVAL_S = 2.0
 MAX_CACHED_CLASSES = 256
+LOCK_PREFIX = "agenthost:turn-lock:"
 
 
 def redact_url(url: str) -> str:
@@ -166,6 +167,15 @@ class RedisStore(ConversationStore):
         finally:
             await client.aclose()
             await pool.disconnect()
+
+    def thread_lock(self, key: str, hold_s: float) -> AbstractAsyncContextManager[Any]:
+        """A Redis lock, so replicas sharing this Redis never interleave turns on a thread.
+
+        It expires after ``hold_s`` should its holder die; waiting for it counts against
+        the turn's timeout.
+        """
+        return self.client.lock(f"{LOCK_PREFIX}{key}", timeout=hold_s, sleep=0.05,
+                                raise_on_release_error=False)
 
     async def after_turn(self, key: str) -> None:
         await self.saver.aprune([key], keep_last=1)

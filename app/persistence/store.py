@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 
 from langchain_core.messages import BaseMessage
@@ -66,6 +66,13 @@ class ConversationStore:
     async def delete(self, key: str) -> None:
         async with self.guard():
             await self.checkpointer.adelete_thread(key)
+
+    def thread_lock(self, key: str, hold_s: float) -> AbstractAsyncContextManager[Any]:
+        """Held for a whole turn so turns on one thread never interleave.
+
+        In-process storage has one worker; the runner's own lock is enough.
+        """
+        return nullcontext()
 
     async def after_turn(self, key: str) -> None:
         """Called once a turn is saved."""
