@@ -26,11 +26,13 @@ from langchain_core.messages import (
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.config import get_config
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 
 from app.agents.history import model_window, storage_overflow
+from app.agents.openai_chat import stream_reply
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,9 @@ class TenantAgent:
 
 
 AgentGraph = CompiledStateGraph[MessagesState, TenantAgent, MessagesState, MessagesState]
+# A run whose config carries an OnToken under this key streams the model, each text
+# delta going to it as it arrives (cheaper per token than LangGraph's "messages" mode).
+ON_TOKEN_KEY = "agenthost_on_token"
 
 
 async def _agent(state: MessagesState, runtime: Runtime[TenantAgent]) -> dict[str, Any]:
@@ -59,7 +64,12 @@ async def _agent(state: MessagesState, runtime: Runtime[TenantAgent]) -> dict[st
     if dropped:
         messages = messages[len(dropped) :]
     window = model_window(messages, agent.max_messages, agent.max_chars)
-    reply = await agent.model.ainvoke([agent.system_message, *window])
+    prompt = [agent.system_message, *window]
+    on_token = get_config().get("configurable", {}).get(ON_TOKEN_KEY)
+    if on_token is None:
+        reply = await agent.model.ainvoke(prompt)
+    else:
+        reply = await stream_reply(agent.model, prompt, on_token)
     removals: list[BaseMessage] = [RemoveMessage(id=m.id) for m in dropped if m.id]
     return {"messages": [*removals, reply]}
 

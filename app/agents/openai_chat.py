@@ -16,18 +16,31 @@ gateways, per-call extra headers/query/body/timeout) goes through the parent unc
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import openai
 import orjson
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
-from langchain_core.messages import AIMessageChunk, BaseMessage, BaseMessageChunk
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    BaseMessageChunk,
+    InvalidToolCall,
+    ToolCall,
+    UsageMetadata,
+    message_chunk_to_message,
+)
+from langchain_core.messages.ai import add_ai_message_chunks
+from langchain_core.messages.tool import invalid_tool_call, tool_call
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableBinding
 from langchain_openai import ChatOpenAI
 from openai._constants import RAW_RESPONSE_HEADER
 
 PATH = "/chat/completions"
+OnToken = Callable[[str], Awaitable[None]]
 # Payload keys the SDK turns into request options rather than body fields.
 _OPTION_KEYS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
 
@@ -89,10 +102,8 @@ class LeanChatOpenAI(ChatOpenAI):
         finally:
             await response.close()
 
-    async def _chunks(
-        self, response: Any, run_manager: AsyncCallbackManagerForLLMRun | None
-    ) -> AsyncIterator[ChatGenerationChunk]:
-        chunk_class: type[BaseMessageChunk] = AIMessageChunk
+    async def _events(self, response: Any) -> AsyncIterator[dict[str, Any]]:
+        """The stream's chunks as dicts, parsed with orjson; errors as the SDK raises them."""
         lines = response.iter_lines()
         while True:
             try:
@@ -115,6 +126,13 @@ class LeanChatOpenAI(ChatOpenAI):
                 message = error.get("message") if isinstance(error, dict) else str(error)
                 raise openai.APIError(message or "streamed error", response.http_request,
                                       body=error)
+            yield raw
+
+    async def _chunks(
+        self, response: Any, run_manager: AsyncCallbackManagerForLLMRun | None
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        chunk_class: type[BaseMessageChunk] = AIMessageChunk
+        async for raw in self._events(response):
             generation = self._convert_chunk_to_generation_chunk(raw, chunk_class, {})
             if generation is None:
                 continue
@@ -125,3 +143,112 @@ class LeanChatOpenAI(ChatOpenAI):
                     logprobs=(generation.generation_info or {}).get("logprobs"),
                 )
             yield generation
+
+    def can_stream_reply(self, kwargs: dict[str, Any]) -> bool:
+        return self._lean(kwargs) and not (_OPTION_KEYS & kwargs.keys())
+
+    async def astream_reply(
+        self, messages: list[BaseMessage], on_token: OnToken, **kwargs: Any
+    ) -> AIMessage:
+        """Stream one completion, handing each text delta to ``on_token``; return the reply.
+
+        The per-token path is a dict lookup and a callback: no message chunk objects, no
+        callback managers. The caller checks ``can_stream_reply`` first.
+        """
+        payload = self._get_request_payload(
+            messages, **kwargs, stream=True, stream_options={"include_usage": True}
+        )
+        response = await self.root_async_client.post(
+            PATH, body=payload, cast_to=object, stream=True,
+            stream_cls=openai.AsyncStream[object],
+            options={"headers": {RAW_RESPONSE_HEADER: "stream"}},
+        )
+        reply = _ReplyAccumulator()
+        try:
+            async for raw in self._events(response):
+                text = reply.add(raw)
+                if text:
+                    await on_token(text)
+        finally:
+            await response.close()
+        return reply.message()
+
+
+class _ReplyAccumulator:
+    """Builds the final assistant message from streamed chat-completion chunks."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.calls: dict[int, dict[str, str]] = {}
+        self.usage: dict[str, Any] | None = None
+        self.finish: str | None = None
+        self.model: str | None = None
+
+    def add(self, raw: dict[str, Any]) -> str:
+        self.usage = raw.get("usage") or self.usage
+        self.model = raw.get("model") or self.model
+        added = ""
+        for choice in raw.get("choices") or ():
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if content:
+                self.text.append(content)
+                added += content
+            for call in delta.get("tool_calls") or ():
+                slot = self.calls.setdefault(call.get("index", 0),
+                                             {"id": "", "name": "", "args": ""})
+                slot["id"] = call.get("id") or slot["id"]
+                function = call.get("function") or {}
+                slot["name"] += function.get("name") or ""
+                slot["args"] += function.get("arguments") or ""
+            self.finish = choice.get("finish_reason") or self.finish
+        return added
+
+    def message(self) -> AIMessage:
+        calls: list[ToolCall] = []
+        invalid: list[InvalidToolCall] = []
+        for index in sorted(self.calls):
+            slot = self.calls[index]
+            try:
+                args = orjson.loads(slot["args"] or "{}")
+            except orjson.JSONDecodeError as exc:
+                invalid.append(invalid_tool_call(name=slot["name"], args=slot["args"],
+                                                 id=slot["id"], error=str(exc)))
+                continue
+            calls.append(tool_call(name=slot["name"], args=args, id=slot["id"]))
+        usage = None
+        if self.usage:
+            prompt = int(self.usage.get("prompt_tokens") or 0)
+            completion = int(self.usage.get("completion_tokens") or 0)
+            usage = UsageMetadata(input_tokens=prompt, output_tokens=completion,
+                                  total_tokens=int(self.usage.get("total_tokens")
+                                                   or prompt + completion))
+        return AIMessage(
+            content="".join(self.text), tool_calls=calls, invalid_tool_calls=invalid,
+            usage_metadata=usage,
+            response_metadata={"finish_reason": self.finish, "model_name": self.model,
+                               "model_provider": "openai"},
+        )
+
+
+async def stream_reply(model: Runnable[Any, BaseMessage], messages: list[BaseMessage],
+                       on_token: OnToken) -> BaseMessage:
+    """Call ``model`` streaming, each text delta to ``on_token``; return the whole reply.
+
+    A ``LeanChatOpenAI`` (bare or bound with tools and temperature) takes the lean path;
+    any other chat model streams through LangChain and its chunks are merged once.
+    """
+    bound, kwargs = (model.bound, dict(model.kwargs)) if isinstance(
+        model, RunnableBinding) else (model, {})
+    if isinstance(bound, LeanChatOpenAI) and bound.can_stream_reply(kwargs):
+        return await bound.astream_reply(messages, on_token, **kwargs)
+    chunks: list[AIMessageChunk] = []
+    async for chunk in model.astream(messages):
+        if not isinstance(chunk, AIMessageChunk):
+            continue
+        chunks.append(chunk)
+        if chunk.text:
+            await on_token(chunk.text)
+    if not chunks:
+        return AIMessage("")
+    return message_chunk_to_message(add_ai_message_chunks(chunks[0], *chunks[1:]))

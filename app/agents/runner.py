@@ -30,7 +30,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphRecursionError
 from langgraph.graph import MessagesState
 
-from app.agents.graph import AgentGraph, TenantAgent
+from app.agents.graph import ON_TOKEN_KEY, AgentGraph, TenantAgent
 from app.errors import (
     AppError,
     StorageUnavailable,
@@ -160,25 +160,24 @@ class TurnRunner:
         """Run a turn, emitting tokens and tool events as they happen."""
         message = HumanMessage(text, id=str(uuid.uuid4()))
         new: list[BaseMessage] = []
+
+        async def on_token(token: str) -> None:
+            await emit(events.token(token))
+
+        config = self._config(key)
+        config["configurable"][ON_TOKEN_KEY] = on_token
         async with self._turn(agent, key):
             try:
-                parts = self._graph.astream(
+                update: Any
+                async for update in self._graph.astream(
                     MessagesState(messages=[message]),
-                    self._config(key),
+                    config,
                     context=agent,
                     durability="exit",
-                    stream_mode=["messages", "updates"],
-                )
-                part: Any
-                async for part in parts:
-                    mode, payload = part
-                    if mode == "messages":
-                        chunk, meta = payload
-                        if meta.get("langgraph_node") == "agent" and chunk.text:
-                            await emit(events.token(chunk.text))
-                        continue
-                    for update in payload.values():
-                        for produced in (update or {}).get("messages", []):
+                    stream_mode="updates",
+                ):
+                    for node_update in update.values():
+                        for produced in (node_update or {}).get("messages", []):
                             if isinstance(produced, RemoveMessage):
                                 continue
                             new.append(produced)

@@ -8,11 +8,12 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from langchain_core.messages import AIMessageChunk, HumanMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
-from app.agents.openai_chat import LeanChatOpenAI
+from app.agents.offline import OfflineChatModel
+from app.agents.openai_chat import LeanChatOpenAI, stream_reply
 from tests.conftest import MockLLM
 
 
@@ -104,3 +105,59 @@ async def test_invoke_errors_raise_like_the_sdk(mock_llm: MockLLM, http: httpx.A
                            max_retries=0, timeout=0.5, http_async_client=http)
     with pytest.raises(openai.APITimeoutError):
         await timed.ainvoke([HumanMessage("[[fail:hang]]")])
+
+
+@pytest.mark.parametrize("text", [
+    "hello there", "[[tokens:30]]", '[[tool:calculator {"expression": "6*7"}]]',
+])
+async def test_stream_reply_gives_the_same_message_as_langchain(
+    mock_llm: MockLLM, http: httpx.AsyncClient, text: str
+) -> None:
+    fast, plain = models(mock_llm, http)
+    tokens: list[str] = []
+
+    async def on_token(token: str) -> None:
+        tokens.append(token)
+
+    bound = fast.bind_tools([calculator]).bind(temperature=0.3)
+    lean = await stream_reply(bound, [HumanMessage(text)], on_token)
+    assert mock_llm.requests()[-1]["temperature"] == 0.3 and mock_llm.requests()[-1]["stream"]
+    reference = await collect(plain.bind_tools([calculator]), text)
+    assert lean.content == reference.content == "".join(tokens)
+    assert isinstance(lean, AIMessage)
+    assert [(c["name"], c["args"]) for c in lean.tool_calls] == [
+        (c["name"], c["args"]) for c in reference.tool_calls
+    ]
+    assert all((c["id"] or "").startswith("call_") for c in lean.tool_calls)
+    assert lean.usage_metadata is not None and reference.usage_metadata is not None
+    for field in ("input_tokens", "output_tokens", "total_tokens"):
+        assert lean.usage_metadata[field] == reference.usage_metadata[field]  # type: ignore[literal-required]
+
+
+async def test_stream_reply_falls_back_for_other_models() -> None:
+    tokens: list[str] = []
+
+    async def on_token(token: str) -> None:
+        tokens.append(token)
+
+    reply = await stream_reply(OfflineChatModel(), [HumanMessage("one two")], on_token)
+    assert reply.text.endswith("You said: one two") and "".join(tokens) == reply.text
+    assert reply.usage_metadata and reply.usage_metadata["total_tokens"] > 0
+
+
+async def test_stream_reply_errors_and_bad_tool_arguments(
+    mock_llm: MockLLM, http: httpx.AsyncClient
+) -> None:
+    fast, _ = models(mock_llm, http)
+
+    async def ignore(token: str) -> None:
+        return None
+
+    with pytest.raises(openai.APIError, match="mock overloaded mid-stream"):
+        await stream_reply(fast, [HumanMessage("[[fail:sse_error]] [[tokens:10]]")], ignore)
+    with pytest.raises(openai.APIConnectionError):
+        await stream_reply(fast, [HumanMessage("[[fail:drop]] [[tokens:10]]")], ignore)
+    reply = await stream_reply(fast.bind_tools([calculator]),
+                               [HumanMessage("[[tool:calculator {not json}]]")], ignore)
+    assert isinstance(reply, AIMessage)
+    assert not reply.tool_calls and reply.invalid_tool_calls[0]["name"] == "calculator"
