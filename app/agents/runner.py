@@ -138,34 +138,19 @@ class TurnRunner:
     def _config(self, key: str) -> RunnableConfig:
         return {**thread_config(key), "recursion_limit": self._recursion_limit}
 
-    async def run(self, agent: TenantAgent, key: str, text: str) -> TurnResult:
-        message = HumanMessage(text, id=str(uuid.uuid4()))
-        async with self._turn(agent, key):
-            try:
-                state = await self._graph.ainvoke(
-                    MessagesState(messages=[message]),
-                    self._config(key),
-                    context=agent,
-                    durability="exit",
-                )
-            except BaseException:
-                await self._discard(key, message.id or "")
-                raise
-        await self._cleanup(key)
-        messages = state["messages"]
-        start = next(i for i, m in enumerate(messages) if m.id == message.id)
-        return self._result(messages[start + 1 :])
-
-    async def stream(self, agent: TenantAgent, key: str, text: str, emit: Emit) -> TurnResult:
-        """Run a turn, emitting tokens and tool events as they happen."""
+    async def run(
+        self, agent: TenantAgent, key: str, text: str, emit: Emit | None = None
+    ) -> TurnResult:
+        """Run a turn; with ``emit``, stream its tokens and tool events as they happen."""
         message = HumanMessage(text, id=str(uuid.uuid4()))
         new: list[BaseMessage] = []
-
-        async def on_token(token: str) -> None:
-            await emit(events.token(token))
-
         config = self._config(key)
-        config["configurable"][ON_TOKEN_KEY] = on_token
+        if emit is not None:
+
+            async def on_token(token: str) -> None:
+                await emit(events.token(token))
+
+            config["configurable"][ON_TOKEN_KEY] = on_token
         async with self._turn(agent, key):
             try:
                 update: Any
@@ -181,8 +166,9 @@ class TurnRunner:
                             if isinstance(produced, RemoveMessage):
                                 continue
                             new.append(produced)
-                            for event in _tool_events(produced):
-                                await emit(event)
+                            if emit is not None:
+                                for event in _tool_events(produced):
+                                    await emit(event)
             except BaseException:
                 await self._discard(key, message.id or "")
                 raise

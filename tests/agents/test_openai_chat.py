@@ -16,6 +16,8 @@ from app.agents.offline import OfflineChatModel
 from app.agents.openai_chat import LeanChatOpenAI, stream_reply
 from tests.conftest import MockLLM
 
+PROMPTS = ["hello there", "[[tokens:30]]", '[[tool:calculator {"expression": "6*7"}]]']
+
 
 @tool
 def calculator(expression: str) -> str:
@@ -44,9 +46,7 @@ async def collect(model: Any, text: str) -> AIMessageChunk:
     return total
 
 
-@pytest.mark.parametrize("text", [
-    "hello there", "[[tokens:30]]", '[[tool:calculator {"expression": "6*7"}]]',
-])
+@pytest.mark.parametrize("text", PROMPTS)
 async def test_streams_the_same_message_as_the_parent(
     mock_llm: MockLLM, http: httpx.AsyncClient, text: str
 ) -> None:
@@ -107,9 +107,7 @@ async def test_invoke_errors_raise_like_the_sdk(mock_llm: MockLLM, http: httpx.A
         await timed.ainvoke([HumanMessage("[[fail:hang]]")])
 
 
-@pytest.mark.parametrize("text", [
-    "hello there", "[[tokens:30]]", '[[tool:calculator {"expression": "6*7"}]]',
-])
+@pytest.mark.parametrize("text", PROMPTS)
 async def test_stream_reply_gives_the_same_message_as_langchain(
     mock_llm: MockLLM, http: httpx.AsyncClient, text: str
 ) -> None:

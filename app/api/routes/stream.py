@@ -32,7 +32,7 @@ async def produce(runner: TurnRunner, agent: TenantAgent, key: str, text: str,
                   stream: LiveStream) -> None:
     """The agent run behind a stream; it ends with exactly one final event."""
     try:
-        result = await runner.stream(agent, key, text, stream.emit)
+        result = await runner.run(agent, key, text, emit=stream.emit)
     except AppError as exc:
         await stream.emit(events.error(exc.code, exc.message))
         return
