@@ -111,7 +111,8 @@ class Settings(BaseSettings):
         200, ge=1, description="Connection pool size per LLM base URL."
     )
     llm_max_keepalive: int = Field(
-        50, ge=0, description="Idle keep-alive connections kept per LLM base URL."
+        50, ge=0, description="Idle keep-alive connections the OpenAI SDK's client keeps "
+        "(Responses-API models only; chat completions keep up to max_connections idle, 15 s).",
     )
 
     # --- persistence ---

@@ -111,7 +111,9 @@ async def _tools(state: MessagesState, runtime: Runtime[TenantAgent]) -> dict[st
     return {"messages": list(results)}
 
 
-def _route(state: MessagesState) -> str:
+async def _route(state: MessagesState) -> str:
+    # Async on purpose: LangGraph runs a sync branch function in a thread pool, one
+    # thread hop per turn.
     messages = state["messages"]
     if messages and isinstance(messages[-1], AIMessage) and messages[-1].tool_calls:
         return "tools"

@@ -1,19 +1,24 @@
-"""Chat model clients: one pooled httpx client per base URL, one ChatOpenAI per model.
+"""Chat model clients: one connection pool per base URL, one ChatOpenAI per model.
 
 Tenants never get a client of their own: their temperature is bound onto the shared
-model, so a thousand tenants on ``gpt-4o-mini`` share one connection pool.
+model, so a thousand tenants on ``gpt-4o-mini`` share one connection pool. Chat
+completions go through ``ChatCompletions`` (aiohttp); the OpenAI SDK's own pooled httpx
+client serves only what that does not cover (the Responses API, structured output).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
+import aiohttp
 import httpx
 from cachetools import LRUCache
 from langchain_core.language_models import BaseChatModel
 
 from app.agents.offline import OfflineChatModel
 from app.agents.openai_chat import LeanChatOpenAI
+from app.agents.upstream import ChatCompletions
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -28,10 +33,22 @@ class ModelPool:
         self._settings = settings
         self._offline: OfflineChatModel | None = None
         self._http: httpx.AsyncClient | None = None
+        self._upstream: ChatCompletions | None = None
         self._models: LRUCache[str, BaseChatModel] = LRUCache(maxsize=MAX_MODELS)
         if settings.offline_model:
             self._offline = OfflineChatModel()
         else:
+            key = settings.openai_api_key
+            assert key is not None
+            organization = os.environ.get("OPENAI_ORG_ID")
+            self._upstream = ChatCompletions(
+                self.base_url, key.get_secret_value(),
+                max_connections=settings.llm_max_connections,
+                connect_timeout_s=settings.llm_connect_timeout_s,
+                read_timeout_s=settings.llm_timeout_s,
+                max_retries=settings.llm_max_retries,
+                headers={"OpenAI-Organization": organization} if organization else None,
+            )
             self._http = httpx.AsyncClient(
                 limits=httpx.Limits(
                     max_connections=settings.llm_max_connections,
@@ -64,6 +81,7 @@ class ModelPool:
                 api_key=key,
                 base_url=self.base_url,
                 http_async_client=self._http,
+                upstream=self._upstream,
                 max_retries=self._settings.llm_max_retries,
                 timeout=self._settings.llm_timeout_s,
                 stream_usage=True,
@@ -73,22 +91,18 @@ class ModelPool:
 
     async def check_upstream(self) -> str | None:
         """None when the upstream answers; otherwise why not."""
-        if self._http is None:
+        if self._upstream is None:
             return None
-        key = self._settings.openai_api_key
-        assert key is not None
         try:
-            response = await self._http.get(
-                f"{self.base_url.rstrip('/')}/models",
-                headers={"Authorization": f"Bearer {key.get_secret_value()}"},
-                timeout=2.0,
-            )
-        except httpx.HTTPError as exc:
+            status = await self._upstream.list_models(timeout_s=2.0)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             return f"upstream unreachable: {type(exc).__name__}"
-        if response.status_code >= 500 or response.status_code in (401, 403):
-            return f"upstream answered {response.status_code}"
+        if status >= 500 or status in (401, 403):
+            return f"upstream answered {status}"
         return None
 
     async def aclose(self) -> None:
+        if self._upstream is not None:
+            await self._upstream.aclose()
         if self._http is not None:
             await self._http.aclose()

@@ -1,17 +1,21 @@
 """``LeanChatOpenAI``: ChatOpenAI with a leaner path for plain chat completions.
 
-Profiled on a worker under load (py-spy), three costs of the stock path stood out:
+Profiled on a worker under load (py-spy, cProfile), the stock path cost more than
+everything else in a turn together:
 - the OpenAI SDK walks every request body against its TypedDict annotations
-  (``_async_transform_recursive``): a quarter of a worker's CPU on JSON turns. LangChain's
-  payload is already plain JSON, so it is posted as is through the SDK client (same
-  retries, timeouts, auth and error types);
+  (``_async_transform_recursive``), builds each request through several layers, and
+  reads the response through httpx/httpcore (an anyio cancel scope and an h11 event per
+  read). LangChain's payload is already plain JSON: here it is posted as is through
+  ``ChatCompletions`` (app/agents/upstream.py, one aiohttp pool per base URL), with the
+  SDK's retries, timeouts and exception types;
 - streamed chunks become pydantic models (``construct_type``, slow on Python 3.11 where
   ``typing_extensions.TypeAliasType`` checks use ``inspect.getattr_static``) that LangChain
-  dumps straight back to dicts; here the SSE lines are parsed with orjson into the dict
-  LangChain's own converter takes;
+  dumps straight back to dicts; here they are parsed with orjson into the dict LangChain's
+  own converter takes;
 - LangChain converts a non-streamed response in a thread pool; here inline.
 Anything off that path (structured output, response headers, the Responses API,
-gateways, per-call extra headers/query/body/timeout) goes through the parent unchanged.
+gateways, per-call extra headers/query/body/timeout, a model made without ``upstream``)
+goes through the parent and the SDK unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import openai
 import orjson
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun
 from langchain_core.messages import (
@@ -37,22 +40,29 @@ from langchain_core.messages.tool import invalid_tool_call, tool_call
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableBinding
 from langchain_openai import ChatOpenAI
-from openai._constants import RAW_RESPONSE_HEADER
+from pydantic import Field
 
-PATH = "/chat/completions"
+from app.agents.upstream import ChatCompletions
+
 OnToken = Callable[[str], Awaitable[None]]
 # Payload keys the SDK turns into request options rather than body fields.
 _OPTION_KEYS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
 
 
 class LeanChatOpenAI(ChatOpenAI):
+    upstream: ChatCompletions | None = Field(default=None, exclude=True)
+    """The chat-completions pool for this model's base URL; None: the SDK does it all."""
+
     def _lean(self, kwargs: dict[str, Any]) -> bool:
         return not (
-            self._use_responses_api({**kwargs, **self.model_kwargs})
+            self.upstream is None
+            or self._use_responses_api({**kwargs, **self.model_kwargs})
             or "response_format" in kwargs
             or "response_format" in self.model_kwargs
             or self.include_response_headers
             or self._uses_gateway
+            or self.default_headers
+            or self.default_query
         )
 
     async def _agenerate(
@@ -67,7 +77,8 @@ class LeanChatOpenAI(ChatOpenAI):
         payload = self._get_request_payload(messages, stop=stop, **kwargs)
         if _OPTION_KEYS & payload.keys() or payload.get("stream"):
             return await super()._agenerate(messages, stop, run_manager, **kwargs)
-        data = await self.root_async_client.post(PATH, body=payload, cast_to=object)
+        assert self.upstream is not None
+        data = await self.upstream.create(payload)
         return self._create_chat_result(data, {})
 
     async def _astream(
@@ -91,58 +102,20 @@ class LeanChatOpenAI(ChatOpenAI):
                                                 stream_usage=stream_usage, **kwargs):
                 yield chunk
             return
-        response = await self.root_async_client.post(
-            PATH, body=payload, cast_to=object, stream=True,
-            stream_cls=openai.AsyncStream[object],
-            options={"headers": {RAW_RESPONSE_HEADER: "stream"}},
-        )
-        try:
-            async for chunk in self._chunks(response, run_manager):
-                yield chunk
-        finally:
-            await response.close()
-
-    async def _events(self, response: Any) -> AsyncIterator[dict[str, Any]]:
-        """The stream's chunks as dicts, parsed with orjson; errors as the SDK raises them."""
-        lines = response.iter_lines()
-        while True:
-            try:
-                line = await anext(lines)
-            except StopAsyncIteration:
-                return
-            except Exception as exc:  # the transport's errors, as the SDK would raise them
-                raise openai.APIConnectionError(
-                    message=f"the stream was interrupted: {exc!r}",
-                    request=response.http_request,
-                ) from exc
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                return
-            raw = orjson.loads(data)
-            if isinstance(raw, dict) and raw.get("error"):
-                error = raw["error"]
-                message = error.get("message") if isinstance(error, dict) else str(error)
-                raise openai.APIError(message or "streamed error", response.http_request,
-                                      body=error)
-            yield raw
-
-    async def _chunks(
-        self, response: Any, run_manager: AsyncCallbackManagerForLLMRun | None
-    ) -> AsyncIterator[ChatGenerationChunk]:
+        assert self.upstream is not None
         chunk_class: type[BaseMessageChunk] = AIMessageChunk
-        async for raw in self._events(response):
-            generation = self._convert_chunk_to_generation_chunk(raw, chunk_class, {})
-            if generation is None:
-                continue
-            chunk_class = generation.message.__class__
-            if run_manager:
-                await run_manager.on_llm_new_token(
-                    generation.text, chunk=generation,
-                    logprobs=(generation.generation_info or {}).get("logprobs"),
-                )
-            yield generation
+        async with self.upstream.stream(payload) as chunks:
+            async for raw in chunks:
+                generation = self._convert_chunk_to_generation_chunk(raw, chunk_class, {})
+                if generation is None:
+                    continue
+                chunk_class = generation.message.__class__
+                if run_manager:
+                    await run_manager.on_llm_new_token(
+                        generation.text, chunk=generation,
+                        logprobs=(generation.generation_info or {}).get("logprobs"),
+                    )
+                yield generation
 
     def can_stream_reply(self, kwargs: dict[str, Any]) -> bool:
         return self._lean(kwargs) and not (_OPTION_KEYS & kwargs.keys())
@@ -155,22 +128,16 @@ class LeanChatOpenAI(ChatOpenAI):
         The per-token path is a dict lookup and a callback: no message chunk objects, no
         callback managers. The caller checks ``can_stream_reply`` first.
         """
+        assert self.upstream is not None
         payload = self._get_request_payload(
             messages, **kwargs, stream=True, stream_options={"include_usage": True}
         )
-        response = await self.root_async_client.post(
-            PATH, body=payload, cast_to=object, stream=True,
-            stream_cls=openai.AsyncStream[object],
-            options={"headers": {RAW_RESPONSE_HEADER: "stream"}},
-        )
         reply = _ReplyAccumulator()
-        try:
-            async for raw in self._events(response):
+        async with self.upstream.stream(payload) as chunks:
+            async for raw in chunks:
                 text = reply.add(raw)
                 if text:
                     await on_token(text)
-        finally:
-            await response.close()
         return reply.message()
 
 

@@ -14,6 +14,7 @@ from langchain_openai import ChatOpenAI
 
 from app.agents.offline import OfflineChatModel
 from app.agents.openai_chat import LeanChatOpenAI, stream_reply
+from app.agents.upstream import ChatCompletions
 from tests.conftest import MockLLM
 
 PROMPTS = ["hello there", "[[tokens:30]]", '[[tool:calculator {"expression": "6*7"}]]']
@@ -32,10 +33,24 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def models(mock: MockLLM, http: httpx.AsyncClient) -> tuple[Any, Any]:
+def upstream_for(mock: MockLLM, **overrides: Any) -> ChatCompletions:
+    options: dict[str, Any] = {"max_connections": 10, "connect_timeout_s": 5.0,
+                               "read_timeout_s": 10.0, "max_retries": 0, **overrides}
+    return ChatCompletions(mock.base_url, "sk-test", **options)
+
+
+@pytest.fixture
+async def upstream(mock_llm: MockLLM) -> AsyncIterator[ChatCompletions]:
+    pool = upstream_for(mock_llm)
+    yield pool
+    await pool.aclose()
+
+
+def models(mock: MockLLM, http: httpx.AsyncClient,
+           upstream: ChatCompletions) -> tuple[Any, Any]:
     common = {"model": "gpt-4o-mini", "api_key": "sk-test", "base_url": mock.base_url,
               "max_retries": 0, "stream_usage": True, "http_async_client": http}
-    return LeanChatOpenAI(**common), ChatOpenAI(**common)
+    return LeanChatOpenAI(**common, upstream=upstream), ChatOpenAI(**common)
 
 
 async def collect(model: Any, text: str) -> AIMessageChunk:
@@ -48,9 +63,9 @@ async def collect(model: Any, text: str) -> AIMessageChunk:
 
 @pytest.mark.parametrize("text", PROMPTS)
 async def test_streams_the_same_message_as_the_parent(
-    mock_llm: MockLLM, http: httpx.AsyncClient, text: str
+    mock_llm: MockLLM, http: httpx.AsyncClient, upstream: ChatCompletions, text: str
 ) -> None:
-    fast, plain = models(mock_llm, http)
+    fast, plain = models(mock_llm, http, upstream)
     fast_result = await collect(fast.bind_tools([calculator]), text)
     plain_result = await collect(plain.bind_tools([calculator]), text)
     assert fast_result.content == plain_result.content
@@ -61,8 +76,10 @@ async def test_streams_the_same_message_as_the_parent(
     assert fast_result.usage_metadata and fast_result.usage_metadata["total_tokens"] > 0
 
 
-async def test_errors_raise_like_the_sdk(mock_llm: MockLLM, http: httpx.AsyncClient) -> None:
-    fast, _ = models(mock_llm, http)
+async def test_errors_raise_like_the_sdk(
+    mock_llm: MockLLM, http: httpx.AsyncClient, upstream: ChatCompletions
+) -> None:
+    fast, _ = models(mock_llm, http, upstream)
     with pytest.raises(openai.APIError, match="mock overloaded mid-stream"):
         await collect(fast, "[[fail:sse_error]] [[tokens:10]]")
     with pytest.raises(openai.InternalServerError):
@@ -72,18 +89,25 @@ async def test_errors_raise_like_the_sdk(mock_llm: MockLLM, http: httpx.AsyncCli
 
 
 async def test_structured_output_still_goes_through_the_parent(
-    mock_llm: MockLLM, http: httpx.AsyncClient
+    mock_llm: MockLLM, http: httpx.AsyncClient, upstream: ChatCompletions
 ) -> None:
-    fast, _ = models(mock_llm, http)
+    fast, _ = models(mock_llm, http, upstream)
     assert fast._lean({})
     assert not fast._lean({"response_format": {"type": "json_object"}})
+    # Without a chat-completions pool the model is a plain ChatOpenAI, SDK and all.
+    sdk_only = LeanChatOpenAI(model="gpt-4o-mini", api_key="sk-test",
+                              base_url=mock_llm.base_url, max_retries=0,
+                              http_async_client=http)
+    assert not sdk_only._lean({})
+    assert (await sdk_only.ainvoke([HumanMessage("hi")])).content == (
+        "mock reply to: hi (saw 1 messages)")
 
 
 @pytest.mark.parametrize("text", ["hello there", '[[tool:calculator {"expression": "6*7"}]]'])
 async def test_invokes_the_same_message_as_the_parent(
-    mock_llm: MockLLM, http: httpx.AsyncClient, text: str
+    mock_llm: MockLLM, http: httpx.AsyncClient, upstream: ChatCompletions, text: str
 ) -> None:
-    fast, plain = models(mock_llm, http)
+    fast, plain = models(mock_llm, http, upstream)
     fast_result = await fast.bind_tools([calculator]).ainvoke([HumanMessage(text)])
     plain_result = await plain.bind_tools([calculator]).ainvoke([HumanMessage(text)])
     assert fast_result.content == plain_result.content
@@ -95,23 +119,29 @@ async def test_invokes_the_same_message_as_the_parent(
     assert not mock_llm.requests()[-1]["stream"]
 
 
-async def test_invoke_errors_raise_like_the_sdk(mock_llm: MockLLM, http: httpx.AsyncClient) -> None:
-    fast, _ = models(mock_llm, http)
+async def test_invoke_errors_raise_like_the_sdk(
+    mock_llm: MockLLM, http: httpx.AsyncClient, upstream: ChatCompletions
+) -> None:
+    fast, _ = models(mock_llm, http, upstream)
     with pytest.raises(openai.InternalServerError):
         await fast.ainvoke([HumanMessage("[[fail:500]]")])
-    with pytest.raises(openai.RateLimitError):
+    with pytest.raises(openai.RateLimitError, match="mock failure 429"):
         await fast.ainvoke([HumanMessage("[[fail:429]]")])
+    hurried = upstream_for(mock_llm, read_timeout_s=0.5)
     timed = LeanChatOpenAI(model="m", api_key="sk-test", base_url=mock_llm.base_url,
-                           max_retries=0, timeout=0.5, http_async_client=http)
-    with pytest.raises(openai.APITimeoutError):
-        await timed.ainvoke([HumanMessage("[[fail:hang]]")])
+                           max_retries=0, http_async_client=http, upstream=hurried)
+    try:
+        with pytest.raises(openai.APITimeoutError):
+            await timed.ainvoke([HumanMessage("[[fail:hang]]")])
+    finally:
+        await hurried.aclose()
 
 
 @pytest.mark.parametrize("text", PROMPTS)
 async def test_stream_reply_gives_the_same_message_as_langchain(
-    mock_llm: MockLLM, http: httpx.AsyncClient, text: str
+    mock_llm: MockLLM, http: httpx.AsyncClient, upstream: ChatCompletions, text: str
 ) -> None:
-    fast, plain = models(mock_llm, http)
+    fast, plain = models(mock_llm, http, upstream)
     tokens: list[str] = []
 
     async def on_token(token: str) -> None:
@@ -144,9 +174,9 @@ async def test_stream_reply_falls_back_for_other_models() -> None:
 
 
 async def test_stream_reply_errors_and_bad_tool_arguments(
-    mock_llm: MockLLM, http: httpx.AsyncClient
+    mock_llm: MockLLM, http: httpx.AsyncClient, upstream: ChatCompletions
 ) -> None:
-    fast, _ = models(mock_llm, http)
+    fast, _ = models(mock_llm, http, upstream)
 
     async def ignore(token: str) -> None:
         return None

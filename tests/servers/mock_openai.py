@@ -7,15 +7,18 @@ Replies are deterministic and show what the model was sent:
 is N tokens instead (for load tests). Triggers inside the last user message:
 - ``[[tool:NAME {json args}]]`` asks for that tool when the request offers it; the next
   call (ending with the tool result) answers ``tool NAME returned: <result>``.
-- ``[[fail:500]]`` / ``[[fail:429]]`` answer that status; ``[[fail:hang]]`` never answers;
-  ``[[fail:drop]]`` streams a few tokens then closes the connection; ``[[fail:sse_error]]``
-  streams a few tokens then an OpenAI-style ``data: {"error": ...}`` event.
+- ``[[fail:500]]`` / ``[[fail:429]]`` answer that status (429 with ``retry-after-ms: 10``);
+  ``[[fail:hang]]`` never answers; ``[[fail:drop]]`` streams a few tokens then closes the
+  connection; ``[[fail:sse_error]]`` streams a few tokens then an OpenAI-style
+  ``data: {"error": ...}`` event.
+- ``[[flaky:N]]`` answers 503 (``retry-after-ms: 10``) to the first N requests with that
+  same last user message, then normally: for retries.
 - ``[[tokens:N]]`` replies with N tokens (``[[tokensize:B]]`` pads each to B bytes);
   ``[[slow:MS]]`` waits MS ms between tokens.
 
 ``POST /_control`` with ``{"mode": "ok|500|429|hang|drop", "latency_ms": .., "token_delay_ms": ..}``
 changes behaviour for every later request; ``GET /_requests`` lists the last 200 requests
-(message count, roles, model, temperature, stream) and a total count.
+(message count, roles, model, temperature, stream, client port) and a total count.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ _FAIL_RE = re.compile(r"\[\[fail:(\w+)\]\]")
 _TOKENS_RE = re.compile(r"\[\[tokens:(\d+)\]\]")
 _SLOW_RE = re.compile(r"\[\[slow:(\d+)\]\]")
 _TOKEN_SIZE_RE = re.compile(r"\[\[tokensize:(\d+)\]\]")
+_FLAKY_RE = re.compile(r"\[\[flaky:(\d+)\]\]")
+FLAKY_MEMORY = 1000
 
 
 @dataclass
@@ -65,6 +70,7 @@ class MockOpenAI:
         self.behaviour = behaviour
         self.requests: deque[dict[str, Any]] = deque(maxlen=200)
         self.count = 0
+        self.flaky_seen: dict[str, int] = {}
         self.app = Starlette(routes=[
             Route("/v1/chat/completions", self.completions, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
@@ -87,6 +93,18 @@ class MockOpenAI:
 
     async def list_requests(self, request: Request) -> Response:
         return JSONResponse({"count": self.count, "requests": list(self.requests)})
+
+    def _flaky(self, messages: list[dict[str, Any]]) -> bool:
+        """Whether this request is one of the first N of a ``[[flaky:N]]`` message."""
+        text = _text(messages[-1].get("content")) if messages else ""
+        flaky = _FLAKY_RE.search(text)
+        if not flaky or messages[-1].get("role") != "user":
+            return False
+        seen = self.flaky_seen.get(text, 0)
+        if len(self.flaky_seen) >= FLAKY_MEMORY:
+            self.flaky_seen.clear()
+        self.flaky_seen[text] = seen + 1
+        return seen < int(flaky.group(1))
 
     def _plan(self, body: dict[str, Any]) -> tuple[str, list[dict[str, Any]], str]:
         """(reply text, tool calls, failure mode) for this request."""
@@ -131,7 +149,13 @@ class MockOpenAI:
             "roles": [m.get("role") for m in messages],
             "chars": [len(_text(m.get("content"))) for m in messages],
             "tools": [t.get("function", {}).get("name") for t in body.get("tools") or []],
+            "client_port": request.client.port if request.client else None,
         })
+        if self._flaky(messages):
+            return JSONResponse(
+                {"error": {"message": "mock flaky failure", "type": "mock", "code": "flaky"}},
+                status_code=503, headers={"retry-after-ms": "10"},
+            )
         text, calls, mode = self._plan(body)
         if self.behaviour.latency_ms:
             await asyncio.sleep(self.behaviour.latency_ms / 1000)
@@ -139,6 +163,7 @@ class MockOpenAI:
             return JSONResponse(
                 {"error": {"message": f"mock failure {mode}", "type": "mock", "code": mode}},
                 status_code=int(mode),
+                headers={"retry-after-ms": "10"} if mode == "429" else None,
             )
         if mode == "hang":
             await asyncio.sleep(3600)

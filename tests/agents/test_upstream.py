@@ -1,0 +1,166 @@
+"""ChatCompletions (the aiohttp chat-completions pool) against the real mock server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from app.agents.upstream import ChatCompletions, _retry_after, _retryable
+from tests.conftest import MockLLM
+from tests.servers.processes import free_port
+
+
+def pool_for(base_url: str, **overrides: Any) -> ChatCompletions:
+    options: dict[str, Any] = {"max_connections": 10, "connect_timeout_s": 2.0,
+                               "read_timeout_s": 10.0, "max_retries": 0, **overrides}
+    return ChatCompletions(base_url, "sk-test", **options)
+
+
+@pytest.fixture
+async def pools() -> AsyncIterator[list[ChatCompletions]]:
+    made: list[ChatCompletions] = []
+    yield made
+    for pool in made:
+        await pool.aclose()
+
+
+def payload(text: str, *, stream: bool = False) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": "gpt-4o-mini",
+                            "messages": [{"role": "user", "content": text}]}
+    if stream:
+        body.update(stream=True, stream_options={"include_usage": True})
+    return body
+
+
+async def streamed_text(pool: ChatCompletions, text: str) -> str:
+    parts: list[str] = []
+    async with pool.stream(payload(text, stream=True)) as chunks:
+        async for chunk in chunks:
+            for choice in chunk.get("choices") or ():
+                parts.append((choice.get("delta") or {}).get("content") or "")
+    return "".join(parts)
+
+
+async def test_whole_and_streamed_calls_share_one_kept_alive_connection(
+    mock_llm: MockLLM, pools: list[ChatCompletions]
+) -> None:
+    pool = pool_for(mock_llm.base_url)
+    pools.append(pool)
+    for _ in range(3):
+        assert await streamed_text(pool, "[[tokens:5]]") == "tok0 tok1 tok2 tok3 tok4"
+        data = await pool.create(payload("hello"))
+        assert data["choices"][0]["message"]["content"] == "mock reply to: hello (saw 1 messages)"
+    ports = {r["client_port"] for r in mock_llm.requests()}
+    # Reading each stream to its end (past [DONE]) returns the connection to the pool.
+    assert len(ports) == 1, ports
+    assert await pool.list_models(timeout_s=2) == 200
+
+
+async def test_an_abandoned_stream_costs_its_connection_only(
+    mock_llm: MockLLM, pools: list[ChatCompletions]
+) -> None:
+    pool = pool_for(mock_llm.base_url)
+    pools.append(pool)
+    async with pool.stream(payload("[[tokens:200]] [[slow:5]]", stream=True)) as chunks:
+        async for _ in chunks:
+            break
+    assert await streamed_text(pool, "[[tokens:3]]") == "tok0 tok1 tok2"
+    first, second = (r["client_port"] for r in mock_llm.requests()[-2:])
+    assert first != second
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_retries_like_the_sdk_then_gives_up(
+    mock_llm: MockLLM, pools: list[ChatCompletions], stream: bool
+) -> None:
+    patient = pool_for(mock_llm.base_url, max_retries=2)
+    hasty = pool_for(mock_llm.base_url, max_retries=1)
+    pools.extend([patient, hasty])
+    text = f"[[flaky:2]] {uuid.uuid4().hex} [[tokens:2]]"
+    before = mock_llm.count()
+    if stream:
+        assert await streamed_text(patient, text) == "tok0 tok1"
+    else:
+        assert (await patient.create(payload(text)))["choices"][0]["message"]["content"]
+    assert mock_llm.count() - before == 3  # two 503s, then the answer
+
+    text = f"[[flaky:2]] {uuid.uuid4().hex}"
+    before = mock_llm.count()
+    with pytest.raises(openai.InternalServerError, match="mock flaky failure") as caught:
+        if stream:
+            await streamed_text(hasty, text)
+        else:
+            await hasty.create(payload(text))
+    assert caught.value.status_code == 503
+    assert mock_llm.count() - before == 2
+
+
+async def test_client_errors_are_not_retried(
+    mock_llm: MockLLM, pools: list[ChatCompletions]
+) -> None:
+    pool = pool_for(mock_llm.base_url, max_retries=3)
+    pools.append(pool)
+    before = mock_llm.count()
+    with pytest.raises(openai.RateLimitError):
+        # 429 is retried (three times), then raised with the SDK's class
+        await pool.create(payload("[[fail:429]]"))
+    assert mock_llm.count() - before == 4
+    wrong_path = pool_for(mock_llm.base_url + "/nowhere", max_retries=3)
+    pools.append(wrong_path)
+    with pytest.raises(openai.NotFoundError):
+        await wrong_path.create(payload("hi"))
+
+
+async def test_unreachable_and_hanging_upstreams(
+    mock_llm: MockLLM, pools: list[ChatCompletions]
+) -> None:
+    nobody = pool_for(f"http://127.0.0.1:{free_port()}/v1", max_retries=1)
+    hurried = pool_for(mock_llm.base_url, read_timeout_s=0.3)
+    pools.extend([nobody, hurried])
+    with pytest.raises(openai.APIConnectionError, match="unreachable"):
+        await nobody.create(payload("hi"))
+    with pytest.raises(openai.APIConnectionError):
+        await streamed_text(nobody, "hi")
+    with pytest.raises(openai.APITimeoutError):
+        await hurried.create(payload("[[fail:hang]]"))
+    with pytest.raises(openai.APIConnectionError, match="interrupted"):
+        await streamed_text(hurried, "[[fail:drop]] [[tokens:10]]")
+    with pytest.raises(openai.APIError, match="mid-stream"):
+        await streamed_text(hurried, "[[fail:sse_error]] [[tokens:10]]")
+
+
+def status_error(status: int, **headers: str) -> openai.APIStatusError:
+    response = httpx2.Response(status, headers=headers,
+                              request=httpx2.Request("POST", "http://x/v1/chat/completions"))
+    return openai.APIStatusError("e", response=response, body=None)
+
+
+def test_retry_decisions_follow_the_sdk() -> None:
+    assert _retryable(status_error(500)) and _retryable(status_error(429))
+    assert _retryable(status_error(408)) and _retryable(status_error(409))
+    assert not _retryable(status_error(400)) and not _retryable(status_error(401))
+    assert not _retryable(status_error(500, **{"x-should-retry": "false"}))
+    assert _retryable(status_error(400, **{"x-should-retry": "true"}))
+    request = httpx2.Request("POST", "http://x")
+    assert _retryable(openai.APITimeoutError(request=request))
+    assert _retryable(openai.APIConnectionError(request=request))
+    assert _retry_after(httpx2.Headers({"retry-after-ms": "250"})) == 0.25
+    assert _retry_after(httpx2.Headers({"retry-after": "3"})) == 3.0
+    assert _retry_after(httpx2.Headers({"retry-after": "600"})) is None  # too long: backoff
+    assert _retry_after(httpx2.Headers({"retry-after": "soon"})) is None
+
+
+def test_the_environment_proxy_is_looked_up_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:pw@proxy.internal:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    proxied = pool_for("https://api.example.com/v1")
+    assert proxied._proxy == "http://proxy.internal:3128"
+    assert proxied._proxy_auth is not None and proxied._proxy_auth.login == "user"
+    monkeypatch.setenv("NO_PROXY", "api.example.com")
+    assert pool_for("https://api.example.com/v1")._proxy is None
