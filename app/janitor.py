@@ -1,8 +1,8 @@
 """``Janitor``: the one background task for periodic cleanup.
 
 Parts of the app register a sweep (a name and a function returning how many things it
-removed); the janitor runs them all every ``interval_s``. A failing sweep is logged and
-the others still run.
+removed); the janitor runs each every ``interval_s``, or at the sweep's own interval when
+it gave one. A failing sweep is logged and the others still run.
 """
 
 from __future__ import annotations
@@ -23,18 +23,22 @@ class Janitor:
     def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
         self._sweeps: dict[str, Sweep] = {}
+        self._intervals: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
 
-    def add(self, name: str, sweep: Sweep) -> None:
+    def add(self, name: str, sweep: Sweep, interval_s: float | None = None) -> None:
         self._sweeps[name] = sweep
+        self._intervals[name] = interval_s or self.interval_s
 
-    async def run_once(self) -> dict[str, int]:
+    async def run_once(self, names: list[str] | None = None) -> dict[str, int]:
+        """Run the named sweeps (all by default) now."""
         removed: dict[str, int] = {}
-        for name, sweep in self._sweeps.items():
+        for name in names if names is not None else list(self._sweeps):
+            sweep = self._sweeps[name]
             try:
                 result = sweep()
                 count = await result if inspect.isawaitable(result) else result
@@ -48,9 +52,16 @@ class Janitor:
         return removed
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = {name: loop.time() + interval for name, interval in self._intervals.items()}
         while True:
-            await asyncio.sleep(self.interval_s)
-            await self.run_once()
+            await asyncio.sleep(max(0.0, min(due.values(), default=loop.time() + 60)
+                                    - loop.time()))
+            now = loop.time()
+            ready = [name for name, at in due.items() if at <= now]
+            for name in ready:
+                due[name] = now + self._intervals[name]
+            await self.run_once(ready)
 
     def start(self) -> None:
         if self._task is None:

@@ -94,6 +94,7 @@ async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
     stack.push_async_callback(streams.aclose, settings.shutdown_grace_s)
     janitor = Janitor(settings.janitor_interval_s)
     janitor.add("streams", streams.sweep)
+    janitor.add("stuck_sends", streams.cut_stuck_sends, settings.stream_send_timeout_s)
     janitor.add("agent_cache", agents.sweep)
     if isinstance(store, MemoryStore):
         janitor.add("memory_threads", store.saver.sweep)

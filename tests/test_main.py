@@ -14,7 +14,7 @@ async def test_lifespan_builds_state_and_registers_the_sweeps(
     async with app.router.lifespan_context(app):
         state: AppState = app.state.agenthost
         assert sorted(await state.janitor.run_once()) == [
-            "agent_cache", "memory_threads", "streams"
+            "agent_cache", "memory_threads", "streams", "stuck_sends"
         ]
         assert state.janitor.running  # started by the lifespan
     assert not state.janitor.running  # and stopped with it

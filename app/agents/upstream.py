@@ -42,6 +42,7 @@ MAX_RETRY_AFTER_S = 60.0
 # the connection pooled. An upstream that holds the body open loses its connection.
 DRAIN_TIMEOUT_S = 1.0
 MAX_ERROR_BODY = 64 * 1024
+MAX_LINE = 4 * 1024 * 1024
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 # The SDK's exception class per status, so callers can tell a rate limit from the rest.
 _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
@@ -150,31 +151,42 @@ class ChatCompletions:
             response.release()
 
     async def _chunks(self, response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-        lines = response.content
+        # Whatever arrived, split into lines here: one await per network read, where
+        # ``readline`` costs two or three per event (the data line, then the blank one).
+        content = response.content
+        partial = b""
         while True:
             try:
-                line = await lines.readline()
+                data = await content.readany()
             except _TRANSPORT_ERRORS as exc:
                 raise self._translate(exc, "the stream was interrupted") from exc
-            if not line:
+            if not data:
                 return  # the upstream ended the body without [DONE]
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                await self._drain(response)
-                return
-            try:
-                raw = orjson.loads(data)
-            except orjson.JSONDecodeError as exc:
-                raise self._connection_error(f"a streamed chunk was not JSON: {exc}") from exc
-            if isinstance(raw, dict) and raw.get("error"):
-                error = raw["error"]
-                message = error.get("message") if isinstance(error, dict) else str(error)
-                raise openai.APIError(message or "streamed error", self._request(),
-                                      body=error)
-            if isinstance(raw, dict):
-                yield raw
+            lines = (partial + data if partial else data).split(b"\n")
+            partial = lines.pop()
+            if len(partial) > MAX_LINE:
+                raise self._connection_error("a streamed line exceeded 4 MiB")
+            for line in lines:
+                if not line.startswith(b"data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    await self._drain(response)
+                    return
+                yield self._decode(payload)
+
+    def _decode(self, payload: bytes) -> dict[str, Any]:
+        try:
+            raw = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            raise self._connection_error(f"a streamed chunk was not JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise self._connection_error("a streamed chunk was not an object")
+        if raw.get("error"):
+            error = raw["error"]
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise openai.APIError(message or "streamed error", self._request(), body=error)
+        return raw
 
     @staticmethod
     async def _drain(response: aiohttp.ClientResponse) -> None:

@@ -22,10 +22,17 @@ STREAMS_ACTIVE = Gauge("agenthost_streams_active", "Live SSE streams in this wor
 STREAM_EVENTS = Counter(
     "agenthost_stream_events_total", "SSE events queued for clients, by event type.", ["event"]
 )
+# Children looked up once: ``labels()`` per streamed token was ~2 % of a busy worker.
+STREAM_EVENT_COUNTS = {name: STREAM_EVENTS.labels(name)
+                       for name in ("token", "tool", "message", "done", "error")}
 STREAMS_ENDED = Counter(
     "agenthost_streams_ended_total",
     "Streams ended, by reason (done, error, slow_consumer, disconnected, expired, cancelled).",
     ["reason"],
+)
+STREAM_CLIENTS_CUT = Counter(
+    "agenthost_stream_clients_cut_total",
+    "Stream connections closed because the client's socket took nothing for 3 send timeouts.",
 )
 STREAMS_REJECTED = Counter(
     "agenthost_streams_rejected_total", "Streams refused with 429, by cap.", ["cap"]

@@ -20,6 +20,8 @@ from typing import Any
 
 from app.errors import TooManyStreams
 from app.observability.metrics import (
+    STREAM_CLIENTS_CUT,
+    STREAM_EVENT_COUNTS,
     STREAM_EVENTS,
     STREAM_QUEUE_HIGH_WATER,
     STREAMS_ACTIVE,
@@ -31,6 +33,9 @@ from app.streaming.events import StreamEvent
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+# A client whose socket accepts nothing for this many send timeouts is cut off.
+SEND_CUTOFF_FACTOR = 3
 
 
 @dataclass
@@ -59,6 +64,9 @@ class LiveStream:
     ended: str | None = None  # why the client will get no more events
     consumer_gone: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+    # Sends to the client in progress (task → when it started) and the ones the hub cut.
+    pending_sends: dict[asyncio.Task[Any], float] = field(default_factory=dict, repr=False)
+    expired_sends: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
 
     async def emit(self, event: StreamEvent) -> None:
         """Producer side: queue an event, waiting at most the send timeout for room."""
@@ -76,7 +84,8 @@ class LiveStream:
                     "stored, read it from the thread's history"))
                 return
         self.last_event = self.clock()
-        STREAM_EVENTS.labels(event.event).inc()
+        counter = STREAM_EVENT_COUNTS.get(event.event)
+        (counter or STREAM_EVENTS.labels(event.event)).inc()
         self.watermark.record(self.queue.qsize())
         if event.final:
             self.end("done" if event.event == "done" else "error")
@@ -106,8 +115,10 @@ class StreamHub:
         self._clock = clock
         self._ids = itertools.count(1)
         self._streams: dict[int, LiveStream] = {}
+        self._consumers: dict[int, LiveStream] = {}  # streams a client is reading
         self._per_tenant: dict[str, int] = {}
         self.watermark = QueueWatermark()
+        self.send_cutoff_s = SEND_CUTOFF_FACTOR * settings.stream_send_timeout_s
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -139,8 +150,13 @@ class StreamHub:
         stream.task = asyncio.get_running_loop().create_task(producer)
         stream.task.add_done_callback(lambda _: self._close(stream))
 
+    def attach(self, stream: LiveStream) -> None:
+        """A client has started reading the stream."""
+        self._consumers[stream.stream_id] = stream
+
     def detach(self, stream: LiveStream) -> None:
         """The consumer is gone (finished, or the client disconnected)."""
+        self._consumers.pop(stream.stream_id, None)
         stream.consumer_gone = True
         if stream.ended is None:
             stream.end("disconnected")
@@ -175,6 +191,30 @@ class StreamHub:
                 stream.task.cancel()
         return len(expired)
 
+    def cut_stuck_sends(self) -> int:
+        """Cut off clients whose socket took nothing for ``send_cutoff_s`` (a janitor sweep).
+
+        A slow reader has already lost its queued events (``slow_consumer``); one that
+        reads nothing at all would hold its connection and task forever.
+        """
+        limit = self._clock() - self.send_cutoff_s
+        cut = 0
+        for stream in list(self._consumers.values()):
+            stuck = [task for task, since in stream.pending_sends.items()
+                     if since <= limit and task not in stream.expired_sends]
+            if not stuck:
+                continue
+            logger.warning("stream %s of tenant %s: the client took nothing for %.0fs; "
+                           "closing its connection", stream.stream_id, stream.tenant_id,
+                           self.send_cutoff_s)
+            for task in stuck:
+                stream.expired_sends.add(task)
+                task.cancel()
+            cut += 1
+        if cut:
+            STREAM_CLIENTS_CUT.inc(cut)
+        return cut
+
     def stats(self) -> dict[str, Any]:
         now = self._clock()
         oldest = min((s.started for s in self._streams.values()), default=None)
@@ -186,6 +226,7 @@ class StreamHub:
             "tenants_streaming": len(self._per_tenant),
             "oldest_age_s": round(now - oldest, 3) if oldest is not None else None,
             "longest_idle_s": round(now - stalest, 3) if stalest is not None else None,
+            "reading": len(self._consumers),
             "queue_high_water": self.watermark.high,
         }
 

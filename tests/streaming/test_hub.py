@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import pytest
 
@@ -154,3 +155,47 @@ async def test_queued_events_are_taken_together_up_to_the_final_one() -> None:
     assert [e.event for e in rest] == ["token", "token", "done"]
     wire = b"".join(e.encode(i) for i, e in enumerate(first, start=1))
     assert wire.startswith(b'id: 1\r\nevent: token\r\ndata: {"text":"0"}\r\n\r\nid: 2\r\n')
+
+
+async def test_janitor_runs_a_sweep_at_its_own_interval() -> None:
+    janitor = Janitor(interval_s=10)
+    calls: dict[str, int] = {"fast": 0, "slow": 0}
+
+    def counter(name: str) -> Callable[[], int]:
+        def sweep() -> int:
+            calls[name] += 1
+            return 0
+        return sweep
+
+    janitor.add("fast", counter("fast"), 0.01)
+    janitor.add("slow", counter("slow"))
+    janitor.start()
+    await asyncio.sleep(0.1)
+    await janitor.stop()
+    assert calls["fast"] >= 3 and calls["slow"] == 0
+
+
+async def test_a_send_pending_past_the_cutoff_is_cancelled_once() -> None:
+    clock = FakeClock()
+    streams = hub(clock, stream_send_timeout_s=2)
+    assert streams.send_cutoff_s == 6
+    stream = streams.open("a", "t")
+    streams.attach(stream)
+    never = asyncio.get_running_loop().create_future()
+
+    async def stuck_send() -> None:
+        await never
+
+    sender = asyncio.get_running_loop().create_task(stuck_send())
+    await asyncio.sleep(0)
+    stream.pending_sends[sender] = clock.now
+    clock.now += 5.9
+    assert streams.cut_stuck_sends() == 0 and not sender.cancelled()
+    clock.now += 0.2
+    assert streams.cut_stuck_sends() == 1
+    assert streams.cut_stuck_sends() == 0  # already cut: not again
+    with pytest.raises(asyncio.CancelledError):
+        await sender
+    assert sender in stream.expired_sends
+    streams.detach(stream)
+    assert streams.stats()["reading"] == 0

@@ -199,6 +199,42 @@ def test_a_client_that_reads_nothing_is_cut_off_with_bounded_memory(
     wait_for(lambda: metric(app, "agenthost_streams_active") == 0)
 
 
+def test_a_client_whose_socket_takes_nothing_is_disconnected(
+    app: ManagedProcess, mock_llm: MockLLM
+) -> None:
+    """3 send timeouts without the socket taking a byte: the service closes the connection."""
+    cut_before = metric(app, "agenthost_stream_clients_cut_total")
+    body = b"{\"message\": \"[[tokens:5000]] [[tokensize:1000]]\"}"
+    request = (
+        f"POST {PATH.format(thread='stuck')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", app.port))
+    try:
+        sock.sendall(request)
+        started = time.monotonic()
+        wait_for(lambda: metric(app, "agenthost_stream_clients_cut_total") == cut_before + 1)
+        # send timeout 1 s in this module: cut after 3 s without progress (+ sweep period)
+        assert time.monotonic() - started >= 3
+        sock.settimeout(10)
+        closed = False
+        try:
+            while sock.recv(65536):
+                pass
+            closed = True
+        except ConnectionResetError:
+            closed = True
+        assert closed
+    finally:
+        sock.close()
+    wait_for(lambda: httpx.get(f"{base(app)}/cache-stats").json()["streams"]["reading"] == 0)
+    # the turn itself still completes and is stored
+    wait_for(lambda: len(history(app, "stuck")) == 2)
+    wait_for(lambda: metric(app, "agenthost_streams_active") == 0)
+
+
 async def test_cancel_on_disconnect_stops_the_run(mock_llm: MockLLM) -> None:
     proc = start_app({"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": mock_llm.base_url,
                       "AGENTHOST_CANCEL_ON_DISCONNECT": "true"})

@@ -6,7 +6,6 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter
-from sse_starlette import EventSourceResponse
 
 from app.agents.graph import TenantAgent
 from app.agents.runner import TurnRunner
@@ -17,6 +16,7 @@ from app.errors import AppError
 from app.persistence.store import thread_key
 from app.streaming import events
 from app.streaming.hub import LiveStream, StreamHub
+from app.streaming.response import StreamResponse
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,6 @@ router = APIRouter(prefix="/v1/tenants/{tenant_id}/threads/{thread_id}", tags=["
 
 # Proxies must pass events through as they come, not buffer or transform them.
 STREAM_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"}
-SOCKET_TIMEOUT_FACTOR = 3
 WRITE_BATCH = 32
 
 
@@ -51,6 +50,7 @@ async def consume(stream: LiveStream, hub: StreamHub) -> AsyncIterator[bytes]:
     several events instead of one each (each keeps its own id).
     """
     event_id = 0
+    hub.attach(stream)
     try:
         while True:
             batch = await stream.next_events(WRITE_BATCH)
@@ -62,22 +62,22 @@ async def consume(stream: LiveStream, hub: StreamHub) -> AsyncIterator[bytes]:
         hub.detach(stream)
 
 
-@router.post("/stream", response_class=EventSourceResponse)
+@router.post("/stream", response_class=StreamResponse)
 async def stream_message(
     state: StateDep, config: TenantDep, tenant_id: TenantId, thread_id: ThreadId, body: MessageIn
-) -> EventSourceResponse:
+) -> StreamResponse:
     text = checked_message(state, body)
     agent = await state.agents.get(tenant_id, config)
     stream = state.streams.open(tenant_id, thread_id)
     key = thread_key(tenant_id, thread_id)
     state.streams.start(stream, produce(state.runner, agent, key, text, stream))
     settings = state.settings
-    return EventSourceResponse(
+    # The queue's slow-consumer timeout fires first and queues the error event; a client
+    # that then reads gets it. One that still reads nothing is cut off by the hub.
+    return StreamResponse(
+        stream,
         consume(stream, state.streams),
         headers=STREAM_HEADERS,
         ping=settings.stream_heartbeat_s,
         ping_message_factory=events.ping,
-        # The queue's slow-consumer timeout fires first and queues the error event; a
-        # client that then reads gets it. One that still reads nothing is cut off here.
-        send_timeout=SOCKET_TIMEOUT_FACTOR * settings.stream_send_timeout_s,
     )
