@@ -30,6 +30,7 @@ from langgraph.config import get_config
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
+from langgraph.types import Command
 
 from app.agents.history import model_window, storage_overflow
 from app.agents.openai_chat import stream_reply
@@ -57,7 +58,7 @@ AgentGraph = CompiledStateGraph[MessagesState, TenantAgent, MessagesState, Messa
 ON_TOKEN_KEY = "agenthost_on_token"
 
 
-async def _agent(state: MessagesState, runtime: Runtime[TenantAgent]) -> dict[str, Any]:
+async def _agent(state: MessagesState, runtime: Runtime[TenantAgent]) -> Command[str]:
     agent = runtime.context
     messages = state["messages"]
     dropped = storage_overflow(messages, agent.max_stored)
@@ -71,7 +72,9 @@ async def _agent(state: MessagesState, runtime: Runtime[TenantAgent]) -> dict[st
     else:
         reply = await stream_reply(agent.model, prompt, on_token)
     removals: list[BaseMessage] = [RemoveMessage(id=m.id) for m in dropped if m.id]
-    return {"messages": [*removals, reply]}
+    # The node routes itself (no conditional edge: one runnable less per turn).
+    wants_tools = isinstance(reply, AIMessage) and bool(reply.tool_calls)
+    return Command(update={"messages": [*removals, reply]}, goto="tools" if wants_tools else END)
 
 
 def _tool_text(result: Any) -> str:
@@ -111,20 +114,10 @@ async def _tools(state: MessagesState, runtime: Runtime[TenantAgent]) -> dict[st
     return {"messages": list(results)}
 
 
-async def _route(state: MessagesState) -> str:
-    # Async on purpose: LangGraph runs a sync branch function in a thread pool, one
-    # thread hop per turn.
-    messages = state["messages"]
-    if messages and isinstance(messages[-1], AIMessage) and messages[-1].tool_calls:
-        return "tools"
-    return END
-
-
 def build_agent_graph(checkpointer: BaseCheckpointSaver[Any]) -> AgentGraph:
     graph = StateGraph(MessagesState, context_schema=TenantAgent)
-    graph.add_node("agent", _agent)
+    graph.add_node("agent", _agent, destinations=("tools", END))
     graph.add_node("tools", _tools)
     graph.add_edge(START, "agent")
-    graph.add_conditional_edges("agent", _route, ["tools", END])
     graph.add_edge("tools", "agent")
     return graph.compile(checkpointer=checkpointer)

@@ -147,8 +147,8 @@ class TurnRunner:
         config = self._config(key)
         if emit is not None:
 
-            async def on_token(token: str) -> None:
-                await emit(events.token(token))
+            def on_token(token: str) -> Awaitable[None]:  # emit's own coroutine, no wrapper
+                return emit(events.token(token))
 
             config["configurable"][ON_TOKEN_KEY] = on_token
         async with self._turn(agent, key):
