@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -77,7 +78,7 @@ class ChatCompletions:
         )
         self._connector_args: dict[str, Any] = {
             "limit": max_connections, "limit_per_host": 0,
-            "ssl": ssl.create_default_context(cafile=certifi.where()),
+            "ssl": tls_context(),
         }
         # The proxy from the environment, looked up once: aiohttp's ``trust_env`` would
         # look it (and ~/.netrc) up in a thread on every request.
@@ -249,6 +250,16 @@ class ChatCompletions:
                     attempt + 1, self._max_retries, delay)
         await asyncio.sleep(delay)
         return attempt + 1
+
+
+def tls_context() -> ssl.SSLContext:
+    """Verify servers against certifi's CAs, or ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when set
+    (as httpx does: a private gateway's or a TLS-inspecting proxy's CA)."""
+    cafile = os.environ.get("SSL_CERT_FILE") or None
+    capath = os.environ.get("SSL_CERT_DIR") or None
+    if cafile is None and capath is None:
+        cafile = certifi.where()
+    return ssl.create_default_context(cafile=cafile, capath=capath)
 
 
 def _retryable(error: openai.APIError) -> bool:

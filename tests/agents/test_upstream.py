@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx2
 import openai
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from app.agents.upstream import ChatCompletions, _retry_after, _retryable
 from tests.conftest import MockLLM
-from tests.servers.processes import free_port
+from tests.servers.processes import free_port, start_mock_openai
 
 
 def pool_for(base_url: str, **overrides: Any) -> ChatCompletions:
@@ -164,3 +171,58 @@ def test_the_environment_proxy_is_looked_up_once(monkeypatch: pytest.MonkeyPatch
     assert proxied._proxy_auth is not None and proxied._proxy_auth.login == "user"
     monkeypatch.setenv("NO_PROXY", "api.example.com")
     assert pool_for("https://api.example.com/v1")._proxy is None
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by itself, and its key (PEM files)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "agenthost test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_tls_upstream_verified_against_ssl_cert_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pools: list[ChatCompletions]
+) -> None:
+    cert, key = self_signed(tmp_path)
+    server = start_mock_openai(None, "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    try:
+        base_url = f"https://127.0.0.1:{server.port}/v1"
+        untrusting = pool_for(base_url)  # certifi's CAs do not know this certificate
+        pools.append(untrusting)
+        with pytest.raises(openai.APIConnectionError, match=r"(?i)certificate"):
+            await untrusting.create(payload("hi"))
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        trusting = pool_for(base_url)
+        pools.append(trusting)
+        assert await streamed_text(trusting, "[[tokens:3]]") == "tok0 tok1 tok2"
+        data = await trusting.create(payload("over tls"))
+        assert data["choices"][0]["message"]["content"].startswith("mock reply to: over tls")
+    finally:
+        server.stop()
+
+
+async def test_a_stream_that_stalls_mid_way_times_out(
+    mock_llm: MockLLM, pools: list[ChatCompletions]
+) -> None:
+    hurried = pool_for(mock_llm.base_url, read_timeout_s=0.3)
+    pools.append(hurried)
+    with pytest.raises(openai.APITimeoutError):
+        await streamed_text(hurried, "[[tokens:3]] [[slow:1000]]")
+    # the pool still works afterwards
+    assert await streamed_text(hurried, "[[tokens:2]]") == "tok0 tok1"

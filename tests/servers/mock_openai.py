@@ -244,11 +244,14 @@ def main() -> None:
     parser.add_argument("--token-delay-ms", type=float, default=0.0)
     parser.add_argument("--reply-tokens", type=int, default=0)
     parser.add_argument("--mode", default="ok", choices=["ok", "500", "429", "503", "hang", "drop"])
+    parser.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--ssl-keyfile", help="and this private key (PEM)")
     args = parser.parse_args()
     mock = MockOpenAI(Behaviour(mode=args.mode, latency_ms=args.latency_ms,
                                 token_delay_ms=args.token_delay_ms,
                                 reply_tokens=args.reply_tokens))
     uvicorn.run(mock.app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,
                 timeout_graceful_shutdown=1)
 
 
