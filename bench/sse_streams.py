@@ -5,7 +5,7 @@
 
 Starts the mock OpenAI server and the service (``python -m app``, one worker, in-memory
 persistence) on free ports, then for each concurrency N opens N streams at once with a
-minimal raw-socket client (starts spread over ``--ramp-s``, about one stream's length, so
+minimal raw-socket client on uvloop (starts spread over ``--ramp-s``, about one stream's length, so
 that about N are live at once) and measures:
 - TTFT: request sent → first ``token`` event, minus the same measured straight against the
   mock at the same concurrency (the service's own overhead), p50 and p99;
@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 
 import psutil
+import uvloop
 
 from tests.servers.processes import ManagedProcess, start_app, start_mock_openai
 
@@ -161,7 +162,9 @@ def main() -> None:
         })
 
     try:
-        asyncio.run(run(args, mock, start_service))
+        # The load generator runs on uvloop too: on these 2 shared cores, its own CPU is
+        # taken from the service and the mock.
+        uvloop.run(run(args, mock, start_service))
     finally:
         mock.stop()
 
