@@ -14,6 +14,7 @@ import pytest
 import redis
 import yaml
 
+from app.agents.upstream import ChatCompletions
 from app.main import create_app
 from config.settings import Settings
 from tests.servers.processes import (
@@ -89,6 +90,13 @@ class MockLLM:
     def count(self) -> int:
         count: int = httpx.get(f"http://127.0.0.1:{self.proc.port}/_requests").json()["count"]
         return count
+
+
+def pool_for(base_url: str, **overrides: Any) -> ChatCompletions:
+    """A chat-completions pool for a test: small, no retries unless asked."""
+    options: dict[str, Any] = {"max_connections": 10, "connect_timeout_s": 2.0,
+                               "read_timeout_s": 10.0, "max_retries": 0, **overrides}
+    return ChatCompletions(base_url, "sk-test", **options)
 
 
 @pytest.fixture(scope="session")

@@ -62,7 +62,6 @@ class LiveStream:
     watermark: QueueWatermark
     last_event: float = 0.0
     ended: str | None = None  # why the client will get no more events
-    consumer_gone: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     # Sends to the client in progress (task → when it started) and the ones the hub cut.
     pending_sends: dict[asyncio.Task[Any], float] = field(default_factory=dict, repr=False)
@@ -157,7 +156,6 @@ class StreamHub:
     def detach(self, stream: LiveStream) -> None:
         """The consumer is gone (finished, or the client disconnected)."""
         self._consumers.pop(stream.stream_id, None)
-        stream.consumer_gone = True
         if stream.ended is None:
             stream.end("disconnected")
             if self._settings.cancel_on_disconnect and stream.task is not None:

@@ -15,7 +15,7 @@ from langchain_openai import ChatOpenAI
 from app.agents.offline import OfflineChatModel
 from app.agents.openai_chat import LeanChatOpenAI, stream_reply
 from app.agents.upstream import ChatCompletions
-from tests.conftest import MockLLM
+from tests.conftest import MockLLM, pool_for
 
 PROMPTS = ["hello there", "[[tokens:30]]", '[[tool:calculator {"expression": "6*7"}]]']
 
@@ -33,15 +33,9 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-def upstream_for(mock: MockLLM, **overrides: Any) -> ChatCompletions:
-    options: dict[str, Any] = {"max_connections": 10, "connect_timeout_s": 5.0,
-                               "read_timeout_s": 10.0, "max_retries": 0, **overrides}
-    return ChatCompletions(mock.base_url, "sk-test", **options)
-
-
 @pytest.fixture
 async def upstream(mock_llm: MockLLM) -> AsyncIterator[ChatCompletions]:
-    pool = upstream_for(mock_llm)
+    pool = pool_for(mock_llm.base_url)
     yield pool
     await pool.aclose()
 
@@ -127,7 +121,7 @@ async def test_invoke_errors_raise_like_the_sdk(
         await fast.ainvoke([HumanMessage("[[fail:500]]")])
     with pytest.raises(openai.RateLimitError, match="mock failure 429"):
         await fast.ainvoke([HumanMessage("[[fail:429]]")])
-    hurried = upstream_for(mock_llm, read_timeout_s=0.5)
+    hurried = pool_for(mock_llm.base_url, read_timeout_s=0.5)
     timed = LeanChatOpenAI(model="m", api_key="sk-test", base_url=mock_llm.base_url,
                            max_retries=0, http_async_client=http, upstream=hurried)
     try:

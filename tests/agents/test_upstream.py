@@ -18,14 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from app.agents.upstream import ChatCompletions, _retry_after, _retryable
-from tests.conftest import MockLLM
+from tests.conftest import MockLLM, pool_for
 from tests.servers.processes import free_port, start_mock_openai
-
-
-def pool_for(base_url: str, **overrides: Any) -> ChatCompletions:
-    options: dict[str, Any] = {"max_connections": 10, "connect_timeout_s": 2.0,
-                               "read_timeout_s": 10.0, "max_retries": 0, **overrides}
-    return ChatCompletions(base_url, "sk-test", **options)
 
 
 @pytest.fixture

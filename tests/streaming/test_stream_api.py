@@ -158,23 +158,28 @@ async def test_200_concurrent_streams_complete(app: ManagedProcess, mock_llm: Mo
     wait_for(lambda: metric(app, "agenthost_streams_active") == 0)
 
 
+def unread_stream(app: ManagedProcess, thread: str) -> socket.socket:
+    """A stream of 5,000 tokens of 1 KB (more than the socket buffers hold), requested by a
+    client with a 4 KB receive buffer that has read nothing yet."""
+    body = b"{\"message\": \"[[tokens:5000]] [[tokensize:1000]]\"}"
+    request = (
+        f"POST {PATH.format(thread=thread)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", app.port))
+    sock.sendall(request)
+    return sock
+
+
 def test_a_client_that_reads_nothing_is_cut_off_with_bounded_memory(
     app: ManagedProcess, mock_llm: MockLLM
 ) -> None:
     slow_before = metric(app, "agenthost_streams_ended_total", '{reason="slow_consumer"}')
     rss_before = psutil.Process(app.pid).memory_info().rss
-    body = b"{\"message\": \"[[tokens:5000]] [[tokensize:1000]]\"}"
-    request = (
-        f"POST {PATH.format(thread='slow')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-    sock = socket.socket()
-    # a client that reads nothing while 5,000 tokens of 1 KB (more than the socket
-    # buffers hold) are produced
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", app.port))
+    sock = unread_stream(app, "slow")
     try:
-        sock.sendall(request)
         wait_for(lambda: metric(app, "agenthost_streams_ended_total",
                                 '{reason="slow_consumer"}') == slow_before + 1)
         rss_during = psutil.Process(app.pid).memory_info().rss
@@ -204,17 +209,9 @@ def test_a_client_whose_socket_takes_nothing_is_disconnected(
 ) -> None:
     """3 send timeouts without the socket taking a byte: the service closes the connection."""
     cut_before = metric(app, "agenthost_stream_clients_cut_total")
-    body = b"{\"message\": \"[[tokens:5000]] [[tokensize:1000]]\"}"
-    request = (
-        f"POST {PATH.format(thread='stuck')} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", app.port))
+    sock = unread_stream(app, "stuck")
+    started = time.monotonic()
     try:
-        sock.sendall(request)
-        started = time.monotonic()
         wait_for(lambda: metric(app, "agenthost_stream_clients_cut_total") == cut_before + 1)
         # send timeout 1 s in this module: cut after 3 s without progress (+ sweep period)
         assert time.monotonic() - started >= 3
