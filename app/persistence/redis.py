@@ -97,13 +97,18 @@ class CachedClassSerializer(JsonPlusRedisSerializer):
     Stored messages name their class by LangChain's legacy path (``langchain.schema...``).
     Without the ``langchain`` package that import fails, and Python does not cache a
     failed import: every message of every read searched the file system again (~8 ms to
-    read a 20-message thread). Results, failures included, are cached per path; the set
-    of paths is the handful of message classes.
+    read a 20-message thread). Results are cached per path, a failure as its message only;
+    the set of paths is the handful of message classes.
+
+    A failure is raised as a new exception each time. Caching the exception instance and
+    re-raising it leaked every conversation read: each raise appended the raising frames to
+    the one instance's ``__traceback__``, keeping alive every checkpoint they referenced
+    (~80 KB per thread, without end; tests/test_memory_growth.py guards it).
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._classes: dict[tuple[str, ...], type[Any] | ValueError] = {}
+        self._classes: dict[tuple[str, ...], type[Any] | str] = {}
 
     def _constructor_class(self, obj: dict[str, Any]) -> type[Any]:
         parts = obj.get("id")
@@ -115,11 +120,11 @@ class CachedClassSerializer(JsonPlusRedisSerializer):
             try:
                 found = super()._constructor_class(obj)
             except ValueError as exc:
-                found = exc
+                found = str(exc)
             if len(self._classes) < MAX_CACHED_CLASSES:
                 self._classes[key] = found
-        if isinstance(found, ValueError):
-            raise found
+        if isinstance(found, str):
+            raise ValueError(found)
         return found
 
 
@@ -160,6 +165,11 @@ class RedisStore(ConversationStore):
                     },
                 )
                 saver.serde = CachedClassSerializer()
+                # PRIVATE (pinned in tests/persistence/test_redis.py): the saver caches
+                # the key of every checkpoint it touches, up to 1,000, never evicting.
+                # A thread keeps only its latest checkpoint, so the cache fills with the
+                # keys of deleted ones and then stops helping; building a key is cheap.
+                saver._key_cache_max_size = 0
                 await saver.asetup()
             except (RedisError, OSError) as exc:
                 raise ConfigError(f"cannot use Redis at {where}: {exc}") from exc

@@ -8,11 +8,12 @@ from collections.abc import Callable
 import pytest
 import redis.asyncio as aredis
 from langchain_core.messages import HumanMessage, SystemMessage
+from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
 
 from app.agents.graph import TenantAgent, build_agent_graph
 from app.agents.offline import OfflineChatModel
 from app.errors import ConfigError
-from app.persistence.redis import RedisStore, redact_url
+from app.persistence.redis import CachedClassSerializer, RedisStore, redact_url
 from app.persistence.store import thread_config, thread_key
 from config.settings import Settings
 from tests.servers.processes import ManagedProcess, free_port, redis_binaries
@@ -143,3 +144,41 @@ async def test_unreachable_redis_fails_fast_with_the_url() -> None:
 def test_redact_url_hides_only_the_password() -> None:
     assert redact_url("redis://u:secret@h:6379/0") == "redis://u:***@h:6379/0"
     assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_a_failed_class_lookup_raises_a_new_exception_each_time() -> None:
+    """Re-raising one cached instance chained every raising frame onto its traceback: the
+    Redis-mode leak. Each lookup must raise its own exception, holding only its own frames."""
+    serde = CachedClassSerializer()
+    envelope = {"lc": 1, "type": "constructor", "id": ["no_such_pkg", "schema", "Thing"]}
+    raised = []
+    for _ in range(3):
+        with pytest.raises(ValueError, match="Cannot import Thing") as info:
+            serde._constructor_class(envelope)
+        raised.append(info.value)
+    assert len({id(exc) for exc in raised}) == 3
+    for exc in raised:
+        depth, tb = 0, exc.__traceback__
+        while tb is not None:
+            depth, tb = depth + 1, tb.tb_next
+        assert depth <= 2, depth  # our frame, and none from earlier lookups
+    # Found classes are still cached and returned.
+    message = {"lc": 1, "type": "constructor",
+               "id": ["langchain_core", "messages", "HumanMessage"]}
+    assert serde._constructor_class(message) is HumanMessage
+    assert serde._classes[("langchain_core", "messages", "HumanMessage")] is HumanMessage
+
+
+async def test_library_privates_we_rely_on_still_exist(
+    settings_for: Callable[..., Settings]
+) -> None:
+    """Contract: fails loudly when an upgrade of langgraph-checkpoint-redis moves these."""
+    assert callable(JsonPlusRedisSerializer._constructor_class)
+    async with RedisStore.open(settings_for()) as store:
+        saver = store.saver
+        assert saver._key_cache_max_size == 0
+        assert saver._key_cache == {}
+        key = thread_key("ten", "privates")
+        for text in ("one", "two", "three"):
+            await Chat(store).turn(key, text)
+        assert saver._key_cache == {}  # the library honours the size we set
