@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import random
@@ -32,6 +33,8 @@ import openai
 import orjson
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
+
+from app.clean_context import in_fresh_context
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ class ChatCompletions:
         # Made on first use, inside the running event loop it then belongs to.
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(**self._connector_args),
+                connector=FreshContextConnector(**self._connector_args),
                 timeout=self._timeout, cookie_jar=aiohttp.DummyCookieJar(),
                 proxy=self._proxy, proxy_auth=self._proxy_auth,
             )
@@ -250,6 +253,25 @@ class ChatCompletions:
                     attempt + 1, self._max_retries, delay)
         await asyncio.sleep(delay)
         return attempt + 1
+
+
+class FreshContextConnector(aiohttp.TCPConnector):
+    """Keeps no turn's context alive in the pool (app/clean_context.py).
+
+    A new connection is opened in an empty context (its transport would keep the
+    opener's), and a released one is pooled in an empty context (the idle-cleanup timer
+    armed then would keep the releaser's, and re-arms itself in it while connections
+    stay pooled).
+
+    PRIVATE (pinned in tests/test_clean_context.py): overrides aiohttp's
+    ``TCPConnector._create_connection`` and ``BaseConnector._release``.
+    """
+
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:  # noqa: ASYNC109
+        return await in_fresh_context(super()._create_connection(req, traces, timeout))
+
+    def _release(self, *args: Any, **kwargs: Any) -> None:
+        contextvars.Context().run(super()._release, *args, **kwargs)
 
 
 def tls_context() -> ssl.SSLContext:

@@ -21,9 +21,11 @@ from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 from redisvl.exceptions import RedisVLError
 
+from app.clean_context import in_fresh_context
 from app.errors import ConfigError
 from app.persistence.store import ConversationStore
 from config.settings import Settings
@@ -128,6 +130,19 @@ class CachedClassSerializer(JsonPlusRedisSerializer):
         return found
 
 
+def fresh_context_connections(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    """The pool's connection class, opening connections outside the caller's context
+    (app/clean_context.py): a connection outlives the turn that happened to open it."""
+
+    class FreshContextConnection(base):  # type: ignore[valid-type,misc]
+        async def connect(self) -> None:
+            if not self.is_connected:
+                await in_fresh_context(super().connect())
+
+    FreshContextConnection.__name__ = f"FreshContext{base.__name__}"
+    return FreshContextConnection
+
+
 class RedisStore(ConversationStore):
     unavailable_errors = (RedisError, RedisVLError, OSError)
 
@@ -153,6 +168,7 @@ class RedisStore(ConversationStore):
             socket_connect_timeout=settings.redis_timeout_s,
             health_check_interval=30,
         )
+        pool.connection_class = fresh_context_connections(pool.connection_class)
         client = OrjsonRedis(connection_pool=pool)
         try:
             try:
