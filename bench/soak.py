@@ -2,6 +2,7 @@
 
     python -m bench.soak [--backend memory|redis|both] [--batches 5] [--threads 2000]
                          [--turns 3] [--concurrency 16] [--sse-share 0.5] [--tool-share 0.2]
+                         [--memory-max-threads N]
 
 Starts the mock OpenAI server (no latency), a Redis 8 for the Redis backend, and the
 service as an operator runs it (``python -m app``, one worker, real sockets). Each batch
@@ -11,8 +12,9 @@ service's RSS and PSS and the batch's turns per second, as a table. Prints figur
 asserts nothing.
 
 The in-memory backend keeps up to AGENTHOST_MEMORY_MAX_THREADS (10,000) threads, so its
-RSS rises until that many are stored and then levels off; the Redis backend keeps none
-in the process and should level off at once.
+RSS rises until that many are stored and then levels off (``--memory-max-threads`` sets
+a lower cap to see it sooner); the Redis backend keeps none in the process and should
+level off at once.
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ async def soak(backend: str, mock: ManagedProcess, args: argparse.Namespace) -> 
            "AGENTHOST_LOG_LEVEL": "WARNING"}
     if redis is not None:
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis.port}/0"
+    if args.memory_max_threads:
+        env["AGENTHOST_MEMORY_MAX_THREADS"] = str(args.memory_max_threads)
     app = start_app(env)
     try:
         rss, pss = memory_mb(app.pid)
@@ -107,6 +111,8 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--sse-share", type=float, default=0.5)
     parser.add_argument("--tool-share", type=float, default=0.2)
+    parser.add_argument("--memory-max-threads", type=int, default=0,
+                        help="AGENTHOST_MEMORY_MAX_THREADS for the service (default: its own)")
     args = parser.parse_args()
     mock = start_mock_openai()
     try:
