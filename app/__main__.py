@@ -31,7 +31,9 @@ def main() -> int:
         port=settings.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=30,
+        # Requests in flight (JSON turns) get the same grace as detached stream turns,
+        # which the lifespan's shutdown waits for.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
     return 0
 

@@ -8,24 +8,24 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
-from app.agents.base import BaseAgent
 from app.agents.cache import AgentCache
+from app.agents.factory import AgentFactory
 from app.agents.graph import build_agent_graph
-from app.agents.models import ModelPool
-from app.agents.runner import TurnRunner
-from app.agents.tenant_store import RedisTenantStore, TenantStore
-from app.agents.tenants import TenantRegistry, load_tenants_file
 from app.agents.tools import ToolRegistry, build_builtin_tools
 from app.api.middleware.body_limit import BodyLimitMiddleware
 from app.api.middleware.request_id import RequestIdMiddleware
 from app.api.routes import admin, chat, health, stream
 from app.errors import ConfigError, install_error_handlers
 from app.janitor import Janitor
+from app.llm.pool import ModelPool
 from app.persistence.memory import BoundedMemorySaver
 from app.persistence.redis import RedisStore
 from app.persistence.store import ConversationStore, MemoryStore
 from app.state import AppState
 from app.streaming.hub import StreamHub
+from app.tenants.registry import TenantRegistry, load_tenants_file
+from app.tenants.store import RedisTenantStore, TenantStore
+from app.turns.runner import TurnRunner
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -76,9 +76,9 @@ async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
     else:
         tenants.replace_all(file_tenants)
         tenant_store = TenantStore(tenants, tools.names())
-    base_agent = BaseAgent(build_agent_graph(store.checkpointer), models, tools, settings)
+    agent_factory = AgentFactory(build_agent_graph(store.checkpointer), models, tools, settings)
     agents = AgentCache(
-        base_agent.build,
+        agent_factory.build,
         max_entries=settings.agent_cache_max_entries,
         max_bytes=settings.agent_cache_max_bytes,
         ttl_s=settings.agent_cache_ttl_s,
@@ -103,9 +103,9 @@ async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
         tenants=tenants,
         tenant_store=tenant_store,
         store=store,
-        base_agent=base_agent,
+        agent_factory=agent_factory,
         agents=agents,
-        runner=TurnRunner(base_agent.graph, store, settings),
+        runner=TurnRunner(agent_factory.graph, store, settings),
         streams=streams,
         janitor=janitor,
     )
@@ -130,7 +130,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.agenthost = state
             logger.info(
                 "agenthost ready: %s; %s; %d tenants; auth %s",
-                state.base_agent.models.description,
+                state.agent_factory.models.description,
                 state.store.description,
                 len(state.tenants),
                 "on" if state.auth_enabled else "off",

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.agents.base import BaseAgent
 from app.agents.cache import AgentCache
-from app.agents.runner import TurnRunner
-from app.agents.tenant_store import TenantStore
-from app.agents.tenants import TenantRegistry
+from app.agents.factory import AgentFactory
 from app.janitor import Janitor
 from app.persistence.store import ConversationStore
 from app.streaming.hub import StreamHub
+from app.tenants.registry import TenantRegistry
+from app.tenants.store import TenantStore
+from app.turns.runner import TurnRunner
 from config.settings import Settings
 
 
@@ -21,7 +21,7 @@ class AppState:
     tenants: TenantRegistry
     tenant_store: TenantStore
     store: ConversationStore
-    base_agent: BaseAgent
+    agent_factory: AgentFactory
     agents: AgentCache
     runner: TurnRunner
     streams: StreamHub

@@ -23,9 +23,9 @@ from contextlib import AsyncExitStack
 
 import psutil
 
-from app.agents.tenants import TenantConfig
 from app.main import build_state
 from app.persistence.store import thread_key
+from app.tenants.registry import TenantConfig
 from config.settings import Settings
 
 MARKS = (1, 100, 1000, 10000)
@@ -89,7 +89,7 @@ async def main() -> None:
         assert config is not None
         started = time.perf_counter()
         for _ in range(2000):
-            state.base_agent.clone("tenant-1", config)
+            state.agent_factory.clone("tenant-1", config)
         clone_us = (time.perf_counter() - started) / 2000 * 1e6
         print(f"clone of the base agent (shared binding): {clone_us:.1f} µs")
         print(f"agent cache: estimated {estimated / entries:.0f} B/entry, measured "

@@ -24,15 +24,15 @@ from typing import Any
 from langchain_core.messages import HumanMessage
 from redis.asyncio import Redis
 
-from app.agents.base import BaseAgent
+from app.agents.factory import AgentFactory
 from app.agents.graph import TenantAgent, build_agent_graph
-from app.agents.models import ModelPool
-from app.agents.runner import TurnRunner
-from app.agents.tenants import TenantConfig
 from app.agents.tools import ToolRegistry, build_builtin_tools
+from app.llm.pool import ModelPool
 from app.persistence.memory import BoundedMemorySaver
 from app.persistence.redis import RedisStore
 from app.persistence.store import ConversationStore, MemoryStore, thread_config
+from app.tenants.registry import TenantConfig
+from app.turns.runner import TurnRunner
 from config.settings import Settings
 
 MARKS = (1, 10, 100, 1000)
@@ -68,12 +68,12 @@ async def measure(
     return results
 
 
-def agent_for(settings: Settings) -> tuple[BaseAgent, TenantAgent]:
+def agent_for(settings: Settings) -> tuple[AgentFactory, TenantAgent]:
     tools = ToolRegistry(build_builtin_tools())
     config = TenantConfig(system_prompt="You are the booking assistant of Demo Dental.",
                           tools=("current_time", "calculator"))
-    # the graph is rebuilt per variant below; BaseAgent only clones the tenant here
-    base = BaseAgent(build_agent_graph(BoundedMemorySaver(max_threads=1, ttl_s=1)),
+    # the graph is rebuilt per variant below; AgentFactory only clones the tenant here
+    base = AgentFactory(build_agent_graph(BoundedMemorySaver(max_threads=1, ttl_s=1)),
                      ModelPool(settings), tools, settings)
     return base, base.clone("demo", config)
 

@@ -4,7 +4,7 @@
 
 Sequential calls on one event loop (uvloop), each streamed to its end (chunks parsed) or
 whole; reports the calling process's CPU per call, median over rounds, for:
-- ``ChatCompletions`` (app/agents/upstream.py, aiohttp): what the service uses;
+- ``ChatCompletions`` (app/llm/upstream.py, aiohttp): what the service uses;
 - a bare ``httpx.AsyncClient`` posting the same bytes and parsing the same lines;
 - the OpenAI SDK (``AsyncOpenAI`` on httpx): what ChatOpenAI uses.
 Prints figures; asserts nothing.
@@ -23,7 +23,7 @@ import openai
 import orjson
 import uvloop
 
-from app.agents.upstream import ChatCompletions
+from app.llm.upstream import ChatCompletions
 from tests.servers.processes import start_mock_openai
 
 Call = Callable[[], Awaitable[None]]

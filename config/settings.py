@@ -100,6 +100,23 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("AGENTHOST_OPENAI_BASE_URL", "OPENAI_BASE_URL"),
         description="OpenAI-compatible base URL (also read from OPENAI_BASE_URL).",
     )
+    openai_org_id: str | None = Field(
+        None,
+        validation_alias=AliasChoices("AGENTHOST_OPENAI_ORG_ID", "OPENAI_ORG_ID"),
+        description="Sent as OpenAI-Organization (also read from OPENAI_ORG_ID).",
+    )
+    ssl_cert_file: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("AGENTHOST_SSL_CERT_FILE", "SSL_CERT_FILE"),
+        description="CA bundle that verifies the LLM's TLS certificate (also read from "
+        "SSL_CERT_FILE). Unset, with no SSL_CERT_DIR either: certifi's CAs.",
+    )
+    ssl_cert_dir: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("AGENTHOST_SSL_CERT_DIR", "SSL_CERT_DIR"),
+        description="Directory of CA certificates for the LLM's TLS (also read from "
+        "SSL_CERT_DIR).",
+    )
     default_model: str = Field("gpt-4o-mini", description="Model for tenants that name none.")
     default_temperature: float = Field(
         0.2, ge=0, le=2, description="Temperature for tenants that set none."

@@ -14,7 +14,7 @@ import pytest
 import redis
 import yaml
 
-from app.agents.upstream import ChatCompletions
+from app.llm.upstream import ChatCompletions
 from app.main import create_app
 from config.settings import Settings
 from tests.servers.processes import (
@@ -54,7 +54,8 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings read the environment: tests see only what they set themselves."""
     for name in list(os.environ):
         if name.startswith("AGENTHOST_") or name in {
-            "OPENAI_API_KEY", "OPENAI_BASE_URL", "REDIS_URL"
+            "OPENAI_API_KEY", "OPENAI_BASE_URL", "REDIS_URL", "OPENAI_ORG_ID", "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
         }:
             monkeypatch.delenv(name)
 

@@ -26,4 +26,4 @@ async def test_two_apps_share_no_state(make_settings: SettingsFactory) -> None:
         one: AppState = first.state.agenthost
         two: AppState = second.state.agenthost
         assert one.store is not two.store and one.streams is not two.streams
-        assert one.base_agent.graph is not two.base_agent.graph
+        assert one.agent_factory.graph is not two.agent_factory.graph

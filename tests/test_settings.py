@@ -21,7 +21,11 @@ def test_environment_names_with_and_without_prefix(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("AGENTHOST_OPENAI_BASE_URL", "http://llm/v1")
     monkeypatch.setenv("AGENTHOST_SERVICE_API_KEYS", "k1, k2,")
     monkeypatch.setenv("AGENTHOST_HISTORY_TTL_S", "60")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-1")
+    monkeypatch.setenv("SSL_CERT_DIR", "/etc/ssl/certs")
     settings = Settings()
+    assert settings.openai_org_id == "org-1"
+    assert str(settings.ssl_cert_dir) == "/etc/ssl/certs" and settings.ssl_cert_file is None
     assert settings.openai_api_key is not None
     assert settings.openai_api_key.get_secret_value() == "sk-plain"
     assert settings.redis_url is not None and settings.redis_configured

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.agents.graph import TenantAgent
-from app.agents.tenants import TenantConfig
 from app.observability.metrics import (
     AGENT_BUILD_SECONDS,
     AGENT_CACHE_BYTES,
@@ -26,6 +25,7 @@ from app.observability.metrics import (
     AGENT_CACHE_HITS,
     AGENT_CACHE_MISSES,
 )
+from app.tenants.registry import TenantConfig
 
 # What one entry holds, measured by bench/tenant_memory.py: the cache entry, TenantAgent,
 # SystemMessage and tool map (~1.4 KB). The prompt string is the tenant registry's (the

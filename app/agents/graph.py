@@ -33,7 +33,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from app.agents.history import model_window, storage_overflow
-from app.agents.openai_chat import stream_reply
+from app.llm.chat_model import stream_reply
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from typing import Any
 from langchain_core.tools import BaseTool
 from langchain_mcp_adapters.client import MultiServerMCPClient
 
-from app.agents.tenants import McpServerConfig
 from app.observability.metrics import MCP_FAILURES
+from app.tenants.registry import McpServerConfig
 
 logger = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 
-from app.agents.tenants import ID_PATTERN, TenantConfig
 from app.errors import TenantNotFound, Unauthorized
 from app.state import AppState
+from app.tenants.registry import ID_PATTERN, TenantConfig
 
 
 async def get_state(request: Request) -> AppState:

@@ -15,8 +15,8 @@ from app.agents.cache import (
     estimate_bytes,
 )
 from app.agents.graph import TenantAgent
-from app.agents.offline import OfflineChatModel
-from app.agents.tenants import TenantConfig
+from app.llm.offline import OfflineChatModel
+from app.tenants.registry import TenantConfig
 
 
 class FakeClock:

@@ -4,7 +4,7 @@ import tracemalloc
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from app.agents.graph import TenantAgent, build_agent_graph
-from app.agents.offline import OfflineChatModel
+from app.llm.offline import OfflineChatModel
 from app.persistence.memory import BoundedMemorySaver
 from app.persistence.store import MemoryStore, thread_config
 

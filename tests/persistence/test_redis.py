@@ -11,8 +11,8 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
 
 from app.agents.graph import TenantAgent, build_agent_graph
-from app.agents.offline import OfflineChatModel
 from app.errors import ConfigError
+from app.llm.offline import OfflineChatModel
 from app.persistence.redis import CachedClassSerializer, RedisStore, redact_url
 from app.persistence.store import thread_config, thread_key
 from config.settings import Settings

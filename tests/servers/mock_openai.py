@@ -150,6 +150,7 @@ class MockOpenAI:
             "chars": [len(_text(m.get("content"))) for m in messages],
             "tools": [t.get("function", {}).get("name") for t in body.get("tools") or []],
             "client_port": request.client.port if request.client else None,
+            "organization": request.headers.get("openai-organization"),
         })
         if self._flaky(messages):
             return JSONResponse(

@@ -7,10 +7,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Response
 
-from app.agents.tenants import TenantConfig
 from app.api.deps import StateDep, TenantId, bearer_token
 from app.errors import AdminDisabled, ConfigError, InvalidRequest, TenantNotFound, Unauthorized
 from app.state import AppState
+from app.tenants.registry import TenantConfig
 
 
 async def require_admin(

@@ -24,14 +24,14 @@ async def health() -> dict[str, str]:
 async def ready(state: StateDep) -> JSONResponse:
     """Readiness: storage and the language model are reachable."""
     storage, upstream = await asyncio.gather(
-        state.store.check(), state.base_agent.models.check_upstream()
+        state.store.check(), state.agent_factory.models.check_upstream()
     )
     checks = {"storage": storage or "ok", "upstream": upstream or "ok"}
     body: dict[str, Any] = {
         "status": "ready" if storage is None and upstream is None else "not_ready",
         "checks": checks,
         "storage": state.store.description,
-        "model": state.base_agent.models.description,
+        "model": state.agent_factory.models.description,
         "tenants": len(state.tenants),
         "auth": "on" if state.auth_enabled else "off",
         "embedded_defaults": state.defaults,

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter
 
 from app.agents.graph import TenantAgent
-from app.agents.runner import TurnRunner
 from app.api.deps import StateDep, TenantDep, TenantId, ThreadId
 from app.api.routes.chat import checked_message
 from app.api.schemas import MessageIn
@@ -17,6 +16,7 @@ from app.persistence.store import thread_key
 from app.streaming import events
 from app.streaming.hub import LiveStream, StreamHub
 from app.streaming.response import StreamResponse
+from app.turns.runner import TurnRunner
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""LeanChatOpenAI against the real mock server: same output as ChatOpenAI, faster parse."""
+"""PooledChatOpenAI against the real mock server: same output as ChatOpenAI, faster parse."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage
 from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 
-from app.agents.offline import OfflineChatModel
-from app.agents.openai_chat import LeanChatOpenAI, stream_reply
-from app.agents.upstream import ChatCompletions
+from app.llm.chat_model import PooledChatOpenAI, stream_reply
+from app.llm.offline import OfflineChatModel
+from app.llm.upstream import ChatCompletions
 from tests.conftest import MockLLM, pool_for
 
 PROMPTS = ["hello there", "[[tokens:30]]", '[[tool:calculator {"expression": "6*7"}]]']
@@ -44,7 +44,7 @@ def models(mock: MockLLM, http: httpx.AsyncClient,
            upstream: ChatCompletions) -> tuple[Any, Any]:
     common = {"model": "gpt-4o-mini", "api_key": "sk-test", "base_url": mock.base_url,
               "max_retries": 0, "stream_usage": True, "http_async_client": http}
-    return LeanChatOpenAI(**common, upstream=upstream), ChatOpenAI(**common)
+    return PooledChatOpenAI(**common, upstream=upstream), ChatOpenAI(**common)
 
 
 async def collect(model: Any, text: str) -> AIMessageChunk:
@@ -89,7 +89,7 @@ async def test_structured_output_still_goes_through_the_parent(
     assert fast._lean({})
     assert not fast._lean({"response_format": {"type": "json_object"}})
     # Without a chat-completions pool the model is a plain ChatOpenAI, SDK and all.
-    sdk_only = LeanChatOpenAI(model="gpt-4o-mini", api_key="sk-test",
+    sdk_only = PooledChatOpenAI(model="gpt-4o-mini", api_key="sk-test",
                               base_url=mock_llm.base_url, max_retries=0,
                               http_async_client=http)
     assert not sdk_only._lean({})
@@ -122,7 +122,7 @@ async def test_invoke_errors_raise_like_the_sdk(
     with pytest.raises(openai.RateLimitError, match="mock failure 429"):
         await fast.ainvoke([HumanMessage("[[fail:429]]")])
     hurried = pool_for(mock_llm.base_url, read_timeout_s=0.5)
-    timed = LeanChatOpenAI(model="m", api_key="sk-test", base_url=mock_llm.base_url,
+    timed = PooledChatOpenAI(model="m", api_key="sk-test", base_url=mock_llm.base_url,
                            max_retries=0, http_async_client=http, upstream=hurried)
     try:
         with pytest.raises(openai.APITimeoutError):

@@ -7,8 +7,8 @@ import time
 import httpx
 import redis
 
-from app.agents.tenant_store import HASH_KEY, VERSION_KEY
-from app.agents.tenants import TenantConfig
+from app.tenants.registry import TenantConfig
+from app.tenants.store import HASH_KEY, VERSION_KEY
 from tests.conftest import MockLLM
 from tests.servers.processes import start_app
 

@@ -1,4 +1,4 @@
-"""``BaseAgent``: what a worker builds once and every tenant's agent shares.
+"""``AgentFactory``: what a worker builds once and every tenant's agent shares.
 
 The compiled graph, the model pool, the builtin tools and the model bindings live here;
 ``clone`` makes a tenant's ``TenantAgent`` from its config, holding only references to the
@@ -19,9 +19,9 @@ from langchain_core.tools import BaseTool
 from app.agents.cache import BuiltAgent
 from app.agents.graph import AgentGraph, TenantAgent
 from app.agents.mcp import McpToolLoader
-from app.agents.models import ModelPool
-from app.agents.tenants import TenantConfig
 from app.agents.tools import ToolRegistry
+from app.llm.pool import ModelPool
+from app.tenants.registry import TenantConfig
 from config.settings import Settings
 
 ModelBinding = Runnable[LanguageModelInput, BaseMessage]
@@ -29,7 +29,7 @@ ModelBinding = Runnable[LanguageModelInput, BaseMessage]
 MAX_SHARED_BINDINGS = 512
 
 
-class BaseAgent:
+class AgentFactory:
     def __init__(
         self,
         graph: AgentGraph,

@@ -9,16 +9,15 @@ client serves only what that does not cover (the Responses API, structured outpu
 from __future__ import annotations
 
 import logging
-import os
 
 import aiohttp
 import httpx
 from cachetools import LRUCache
 from langchain_core.language_models import BaseChatModel
 
-from app.agents.offline import OfflineChatModel
-from app.agents.openai_chat import LeanChatOpenAI
-from app.agents.upstream import ChatCompletions
+from app.llm.chat_model import PooledChatOpenAI
+from app.llm.offline import OfflineChatModel
+from app.llm.upstream import ChatCompletions, tls_context
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -40,7 +39,9 @@ class ModelPool:
         else:
             key = settings.openai_api_key
             assert key is not None
-            organization = os.environ.get("OPENAI_ORG_ID")
+            organization = settings.openai_org_id
+            cafile = str(settings.ssl_cert_file) if settings.ssl_cert_file else None
+            capath = str(settings.ssl_cert_dir) if settings.ssl_cert_dir else None
             self._upstream = ChatCompletions(
                 self.base_url, key.get_secret_value(),
                 max_connections=settings.llm_max_connections,
@@ -48,6 +49,7 @@ class ModelPool:
                 read_timeout_s=settings.llm_timeout_s,
                 max_retries=settings.llm_max_retries,
                 headers={"OpenAI-Organization": organization} if organization else None,
+                cafile=cafile, capath=capath,
             )
             self._http = httpx.AsyncClient(
                 limits=httpx.Limits(
@@ -57,6 +59,7 @@ class ModelPool:
                 timeout=httpx.Timeout(
                     settings.llm_timeout_s, connect=settings.llm_connect_timeout_s
                 ),
+                verify=tls_context(cafile, capath),
             )
 
     @property
@@ -76,7 +79,7 @@ class ModelPool:
         if cached is None:
             key = self._settings.openai_api_key
             assert key is not None and self._http is not None
-            cached = LeanChatOpenAI(
+            cached = PooledChatOpenAI(
                 model=model,
                 api_key=key,
                 base_url=self.base_url,

@@ -1,7 +1,7 @@
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 
-from app.agents.offline import OfflineChatModel
 from app.agents.tools import build_builtin_tools
+from app.llm.offline import OfflineChatModel
 
 
 async def test_echoes_with_turn_number_and_previous_message() -> None:

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import os
 import random
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -61,7 +60,8 @@ class ChatCompletions:
 
     def __init__(self, base_url: str, api_key: str, *, max_connections: int,
                  connect_timeout_s: float, read_timeout_s: float, max_retries: int,
-                 headers: Mapping[str, str] | None = None) -> None:
+                 headers: Mapping[str, str] | None = None, cafile: str | None = None,
+                 capath: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self._max_retries = max_retries
@@ -81,7 +81,7 @@ class ChatCompletions:
         )
         self._connector_args: dict[str, Any] = {
             "limit": max_connections, "limit_per_host": 0,
-            "ssl": tls_context(),
+            "ssl": tls_context(cafile, capath),
         }
         # The proxy from the environment, looked up once: aiohttp's ``trust_env`` would
         # look it (and ~/.netrc) up in a thread on every request.
@@ -274,11 +274,10 @@ class FreshContextConnector(aiohttp.TCPConnector):
         contextvars.Context().run(super()._release, *args, **kwargs)
 
 
-def tls_context() -> ssl.SSLContext:
-    """Verify servers against certifi's CAs, or ``SSL_CERT_FILE``/``SSL_CERT_DIR`` when set
-    (as httpx does: a private gateway's or a TLS-inspecting proxy's CA)."""
-    cafile = os.environ.get("SSL_CERT_FILE") or None
-    capath = os.environ.get("SSL_CERT_DIR") or None
+def tls_context(cafile: str | None = None, capath: str | None = None) -> ssl.SSLContext:
+    """Verify servers against certifi's CAs, or the given CA file/directory when set (as
+    httpx does with ``SSL_CERT_FILE``/``SSL_CERT_DIR``: a private gateway's or a
+    TLS-inspecting proxy's CA)."""
     if cafile is None and capath is None:
         cafile = certifi.where()
     return ssl.create_default_context(cafile=cafile, capath=capath)

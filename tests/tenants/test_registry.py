@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from app.agents.tenants import TenantRegistry, load_tenants_file, parse_tenants
 from app.errors import ConfigError
+from app.tenants.registry import TenantRegistry, load_tenants_file, parse_tenants
 
 TOOLS = ["current_time", "calculator"]
 

@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from app.agents.upstream import ChatCompletions, _retry_after, _retryable
-from tests.conftest import MockLLM, pool_for
+from app.llm.pool import ModelPool
+from app.llm.upstream import ChatCompletions, _retry_after, _retryable
+from tests.conftest import MockLLM, SettingsFactory, pool_for
 from tests.servers.processes import free_port, start_mock_openai
 
 
@@ -201,8 +202,7 @@ async def test_tls_upstream_verified_against_ssl_cert_file(
         pools.append(untrusting)
         with pytest.raises(openai.APIConnectionError, match=r"(?i)certificate"):
             await untrusting.create(payload("hi"))
-        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-        trusting = pool_for(base_url)
+        trusting = pool_for(base_url, cafile=str(cert))
         pools.append(trusting)
         assert await streamed_text(trusting, "[[tokens:3]]") == "tok0 tok1 tok2"
         data = await trusting.create(payload("over tls"))
@@ -220,3 +220,17 @@ async def test_a_stream_that_stalls_mid_way_times_out(
         await streamed_text(hurried, "[[tokens:3]] [[slow:1000]]")
     # the pool still works afterwards
     assert await streamed_text(hurried, "[[tokens:2]]") == "tok0 tok1"
+
+
+async def test_the_organization_setting_is_sent(
+    make_settings: SettingsFactory, mock_llm: MockLLM
+) -> None:
+    settings = make_settings(openai_api_key="sk-test", openai_base_url=mock_llm.base_url,
+                             openai_org_id="org-agenthost")
+    models = ModelPool(settings)
+    try:
+        reply = await models.get("gpt-4o-mini").ainvoke("hello")
+        assert reply.text.startswith("mock reply to: hello")
+        assert mock_llm.requests()[-1]["organization"] == "org-agenthost"
+    finally:
+        await models.aclose()

@@ -1,4 +1,4 @@
-"""``LeanChatOpenAI``: ChatOpenAI with a leaner path for plain chat completions.
+"""``PooledChatOpenAI``: ChatOpenAI posting plain chat completions through our aiohttp pool.
 
 Profiled on a worker under load (py-spy, cProfile), the stock path cost more than
 everything else in a turn together:
@@ -6,7 +6,7 @@ everything else in a turn together:
   (``_async_transform_recursive``), builds each request through several layers, and
   reads the response through httpx/httpcore (an anyio cancel scope and an h11 event per
   read). LangChain's payload is already plain JSON: here it is posted as is through
-  ``ChatCompletions`` (app/agents/upstream.py, one aiohttp pool per base URL), with the
+  ``ChatCompletions`` (app/llm/upstream.py, one aiohttp pool per base URL), with the
   SDK's retries, timeouts and exception types;
 - streamed chunks become pydantic models (``construct_type``, slow on Python 3.11 where
   ``typing_extensions.TypeAliasType`` checks use ``inspect.getattr_static``) that LangChain
@@ -42,14 +42,14 @@ from langchain_core.runnables import Runnable, RunnableBinding
 from langchain_openai import ChatOpenAI
 from pydantic import Field
 
-from app.agents.upstream import ChatCompletions
+from app.llm.upstream import ChatCompletions
 
 OnToken = Callable[[str], Awaitable[None]]
 # Payload keys the SDK turns into request options rather than body fields.
 _OPTION_KEYS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
 
 
-class LeanChatOpenAI(ChatOpenAI):
+class PooledChatOpenAI(ChatOpenAI):
     upstream: ChatCompletions | None = Field(default=None, exclude=True)
     """The chat-completions pool for this model's base URL; None: the SDK does it all."""
 
@@ -202,12 +202,12 @@ async def stream_reply(model: Runnable[Any, BaseMessage], messages: list[BaseMes
                        on_token: OnToken) -> BaseMessage:
     """Call ``model`` streaming, each text delta to ``on_token``; return the whole reply.
 
-    A ``LeanChatOpenAI`` (bare or bound with tools and temperature) takes the lean path;
+    A ``PooledChatOpenAI`` (bare or bound with tools and temperature) takes the lean path;
     any other chat model streams through LangChain and its chunks are merged once.
     """
     bound, kwargs = (model.bound, dict(model.kwargs)) if isinstance(
         model, RunnableBinding) else (model, {})
-    if isinstance(bound, LeanChatOpenAI) and bound.can_stream_reply(kwargs):
+    if isinstance(bound, PooledChatOpenAI) and bound.can_stream_reply(kwargs):
         return await bound.astream_reply(messages, on_token, **kwargs)
     chunks: list[AIMessageChunk] = []
     async for chunk in model.astream(messages):

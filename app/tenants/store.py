@@ -19,8 +19,8 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from app.agents.tenants import TenantConfig, TenantRegistry, parse_tenants
 from app.errors import ConfigError
+from app.tenants.registry import TenantConfig, TenantRegistry, parse_tenants
 
 logger = logging.getLogger(__name__)
 
