@@ -18,28 +18,14 @@ from app.api.routes import admin, chat, health, stream
 from app.errors import ConfigError, install_error_handlers
 from app.janitor import Janitor
 from app.llm.pool import ModelPool
-from app.persistence.memory import BoundedMemorySaver
-from app.persistence.redis import RedisStore
-from app.persistence.store import ConversationStore, MemoryStore
+from app.persistence.backend import open_backend
 from app.state import AppState
 from app.streaming.hub import StreamHub
 from app.tenants.registry import TenantRegistry, load_tenants_file
-from app.tenants.store import RedisTenantStore, TenantStore
 from app.turns.runner import TurnRunner
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-async def _open_store(settings: Settings, stack: AsyncExitStack) -> ConversationStore:
-    if settings.redis_configured:
-        return await stack.enter_async_context(RedisStore.open(settings))
-    saver = BoundedMemorySaver(
-        max_threads=settings.memory_max_threads,
-        ttl_s=settings.history_ttl_s,
-        refresh_on_read=settings.history_refresh_on_read,
-    )
-    return MemoryStore(saver)
 
 
 def _embedded_defaults(state: AppState) -> list[str]:
@@ -67,15 +53,9 @@ async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
     tenants = TenantRegistry({})
     models = ModelPool(settings)
     stack.push_async_callback(models.aclose)
-    store = await _open_store(settings, stack)
-    tenant_store: TenantStore
-    if isinstance(store, RedisStore):
-        tenant_store = RedisTenantStore(tenants, tools.names(), store.client,
-                                        settings.tenant_sync_interval_s)
-        await tenant_store.load(file_tenants)
-    else:
-        tenants.replace_all(file_tenants)
-        tenant_store = TenantStore(tenants, tools.names())
+    store = await stack.enter_async_context(open_backend(settings))
+    tenant_store = store.tenant_store(tenants, tools.names(), settings)
+    await tenant_store.load(file_tenants)
     agent_factory = AgentFactory(build_agent_graph(store.checkpointer), models, tools, settings)
     agents = AgentCache(
         agent_factory.build,
@@ -96,8 +76,8 @@ async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
     janitor.add("streams", streams.sweep)
     janitor.add("stuck_sends", streams.cut_stuck_sends, settings.stream_send_timeout_s)
     janitor.add("agent_cache", agents.sweep)
-    if isinstance(store, MemoryStore):
-        janitor.add("memory_threads", store.saver.sweep)
+    for name, sweep in store.sweeps():
+        janitor.add(name, sweep)
     state = AppState(
         settings=settings,
         tenants=tenants,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -28,6 +28,8 @@ from redisvl.exceptions import RedisVLError
 from app.clean_context import in_fresh_context
 from app.errors import ConfigError
 from app.persistence.store import ConversationStore
+from app.tenants.registry import TenantRegistry
+from app.tenants.store import RedisTenantStore, TenantStore
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -205,6 +207,12 @@ class RedisStore(ConversationStore):
 
     async def after_turn(self, key: str) -> None:
         await self.saver.aprune([key], keep_last=1)
+
+    def tenant_store(self, registry: TenantRegistry, known_tools: Iterable[str],
+                     settings: Settings) -> TenantStore:
+        """Tenants in a Redis hash shared by every worker and replica."""
+        return RedisTenantStore(registry, known_tools, self.client,
+                                settings.tenant_sync_interval_s)
 
     async def recover(self) -> None:
         """Recreate the search indexes, which a Redis restarted empty no longer has.

@@ -8,21 +8,39 @@ is escaped because the Redis saver splits its keys on it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from typing import Any
+from typing import Any, Protocol
 
-from langchain_core.messages import BaseMessage
+from langchain_core.messages import BaseMessage, RemoveMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from app.errors import StorageUnavailable
+from app.observability.metrics import PERSIST_SECONDS
 from app.persistence.memory import BoundedMemorySaver
+from app.tenants.registry import TenantRegistry
+from app.tenants.store import TenantStore
+from config.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 THREAD_KEY_SEPARATOR = "/"
+UNDO_TIMEOUT_S = 5.0
+#: a periodic cleanup the janitor runs: a name and a function returning how many it removed
+Sweep = tuple[str, Callable[[], int | Awaitable[int]]]
+
+
+class TurnGraph(Protocol):
+    """What undoing a turn needs of the agent graph: its state, read and updated."""
+
+    async def aget_state(self, config: RunnableConfig) -> Any: ...
+
+    async def aupdate_state(self, config: RunnableConfig, values: Any,
+                            as_node: str | None = None) -> Any: ...
 
 
 def thread_key(tenant_id: str, thread_id: str) -> str:
@@ -36,7 +54,12 @@ def thread_config(key: str) -> RunnableConfig:
 
 
 class ConversationStore:
-    """Base: everything that only needs the checkpointer interface."""
+    """A persistence backend: the checkpointer plus everything around it.
+
+    The API reads and deletes thread history through it; a turn runs inside its thread
+    lock and its unit of work (commit: prune; failure: undo); the app gets its tenant
+    store, janitor sweeps and health probe here. ``open_backend`` picks one.
+    """
 
     #: exceptions that mean the backend is unreachable (answered with 503)
     unavailable_errors: tuple[type[BaseException], ...] = ()
@@ -75,7 +98,64 @@ class ConversationStore:
         return nullcontext()
 
     async def after_turn(self, key: str) -> None:
-        """Called once a turn is saved."""
+        """Called once a turn is saved: drop what it superseded."""
+
+    @asynccontextmanager
+    async def unit_of_work(self, graph: TurnGraph, key: str,
+                           human_id: str) -> AsyncIterator[None]:
+        """One turn's storage: on success drop what it superseded, on failure undo it.
+
+        ``human_id`` is the id of the turn's user message: undoing removes it and all that
+        followed, so the thread is as it was and the client can simply retry.
+        """
+        try:
+            yield
+        except BaseException:
+            await self._undo(graph, key, human_id)
+            raise
+        await self._commit(key)
+
+    async def _commit(self, key: str) -> None:
+        # The turn is saved; failing to drop the superseded checkpoint costs only space
+        # (its TTL still removes it), so it is logged, not raised.
+        started = time.perf_counter()
+        try:
+            await self.after_turn(key)
+        except self.unavailable_errors as exc:
+            logger.warning("dropping old checkpoints of %s failed: %r", key, exc)
+            await self.recover()
+        PERSIST_SECONDS.observe(time.perf_counter() - started)
+
+    async def _undo(self, graph: TurnGraph, key: str, human_id: str) -> None:
+        """Undo a failed turn: LangGraph saves what it had on exit, even on error.
+
+        Bounded and best-effort: when storage itself failed, there is nothing to undo.
+        """
+        config = thread_config(key)
+        try:
+            async with asyncio.timeout(UNDO_TIMEOUT_S):
+                snapshot = await graph.aget_state(config)
+                messages = snapshot.values.get("messages", [])
+                start = next((i for i, m in enumerate(messages) if m.id == human_id), None)
+                if start is None:
+                    return
+                if start == 0:
+                    await self.checkpointer.adelete_thread(key)
+                    return
+                removals = [RemoveMessage(id=m.id) for m in messages[start:] if m.id]
+                await graph.aupdate_state(config, {"messages": removals}, as_node="agent")
+                await self.after_turn(key)
+        except Exception as exc:  # the turn's own error is what the client must see
+            logger.warning("could not undo the failed turn on %s: %r", key, exc)
+
+    def tenant_store(self, registry: TenantRegistry, known_tools: Iterable[str],
+                     settings: Settings) -> TenantStore:
+        """Where admin changes to tenants live: in this process, unless shared storage."""
+        return TenantStore(registry, known_tools)
+
+    def sweeps(self) -> list[Sweep]:
+        """Periodic cleanups this backend needs from the janitor."""
+        return []
 
     async def recover(self) -> None:
         """Called after a failure: repair what a backend restart lost. Never raises."""
@@ -96,6 +176,9 @@ class MemoryStore(ConversationStore):
             "REDIS_URL not set)",
         )
         self.saver = saver
+
+    def sweeps(self) -> list[Sweep]:
+        return [("memory_threads", self.saver.sweep)]
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -66,6 +66,10 @@ class TenantStore:
             self._changed(tenant_id)
         return existed
 
+    async def load(self, file_tenants: Mapping[str, TenantConfig]) -> None:
+        """The tenants at start: the file's (a Redis-backed store decides otherwise)."""
+        self.registry.replace_all(dict(file_tenants))
+
     async def start(self) -> None:
         """Begin following changes made elsewhere (nothing to follow in-process)."""
 

@@ -38,7 +38,7 @@ from app.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from app.observability.metrics import PERSIST_SECONDS, TURN_SECONDS, TURNS
+from app.observability.metrics import TURN_SECONDS, TURNS
 from app.persistence.store import ConversationStore, thread_config
 from app.streaming import events
 from app.streaming.events import StreamEvent
@@ -46,7 +46,6 @@ from config.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-DISCARD_TIMEOUT_S = 5.0
 # A thread lock outlives the turn's timeout by this much before it expires on its own.
 LOCK_MARGIN_S = 10.0
 
@@ -151,62 +150,27 @@ class TurnRunner:
                 return emit(events.token(token))
 
             config["configurable"][ON_TOKEN_KEY] = on_token
-        async with self._turn(agent, key):
-            try:
-                update: Any
-                async for update in self._graph.astream(
-                    MessagesState(messages=[message]),
-                    config,
-                    context=agent,
-                    durability="exit",
-                    stream_mode="updates",
-                ):
-                    for node_update in update.values():
-                        for produced in (node_update or {}).get("messages", []):
-                            if isinstance(produced, RemoveMessage):
-                                continue
-                            new.append(produced)
-                            if emit is not None:
-                                for event in _tool_events(produced):
-                                    await emit(event)
-            except BaseException:
-                await self._discard(key, message.id or "")
-                raise
-        await self._cleanup(key)
+        async with (
+            self._turn(agent, key),
+            self._store.unit_of_work(self._graph, key, message.id or ""),
+        ):
+            update: Any
+            async for update in self._graph.astream(
+                MessagesState(messages=[message]),
+                config,
+                context=agent,
+                durability="exit",
+                stream_mode="updates",
+            ):
+                for node_update in update.values():
+                    for produced in (node_update or {}).get("messages", []):
+                        if isinstance(produced, RemoveMessage):
+                            continue
+                        new.append(produced)
+                        if emit is not None:
+                            for event in _tool_events(produced):
+                                await emit(event)
         return self._result(new)
-
-    async def _discard(self, key: str, human_id: str) -> None:
-        """Undo a failed turn: LangGraph saves what it had on exit, even on error.
-
-        Bounded and best-effort: when storage itself failed, there is nothing to undo.
-        """
-        config = thread_config(key)
-        try:
-            async with asyncio.timeout(DISCARD_TIMEOUT_S):
-                snapshot = await self._graph.aget_state(config)
-                messages = snapshot.values.get("messages", [])
-                start = next((i for i, m in enumerate(messages) if m.id == human_id), None)
-                if start is None:
-                    return
-                if start == 0:
-                    await self._store.checkpointer.adelete_thread(key)
-                    return
-                removals = [RemoveMessage(id=m.id) for m in messages[start:] if m.id]
-                await self._graph.aupdate_state(config, {"messages": removals}, as_node="agent")
-                await self._store.after_turn(key)
-        except Exception as exc:  # the turn's own error is what the client must see
-            logger.warning("could not undo the failed turn on %s: %r", key, exc)
-
-    async def _cleanup(self, key: str) -> None:
-        # The turn is saved; failing to drop the superseded checkpoint costs only space
-        # (its TTL still removes it), so it is logged, not raised.
-        started = time.perf_counter()
-        try:
-            await self._store.after_turn(key)
-        except self._store.unavailable_errors as exc:
-            logger.warning("dropping old checkpoints of %s failed: %r", key, exc)
-            await self._store.recover()
-        PERSIST_SECONDS.observe(time.perf_counter() - started)
 
     @staticmethod
     def _result(new: list[BaseMessage]) -> TurnResult:

@@ -1,0 +1,90 @@
+"""``open_backend`` and a backend's seams (tenant store, sweeps, unit of work), on both
+backends: bounded in-memory, and a real Redis 8."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+from langchain_core.messages import HumanMessage, SystemMessage
+
+from app.agents.graph import TenantAgent, build_agent_graph
+from app.llm.offline import OfflineChatModel
+from app.persistence.backend import open_backend
+from app.persistence.redis import RedisStore
+from app.persistence.store import ConversationStore, MemoryStore, thread_config, thread_key
+from app.tenants.registry import TenantRegistry
+from app.tenants.store import RedisTenantStore, TenantStore
+from config.settings import Settings
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[ConversationStore]:
+    overrides: dict[str, object] = {}
+    if request.param == "redis":
+        overrides["redis_url"] = request.getfixturevalue("redis_url")
+    async with open_backend(Settings(**overrides)) as store:  # type: ignore[arg-type]
+        yield store
+
+
+async def test_the_settings_pick_the_backend_and_its_seams(backend: ConversationStore) -> None:
+    registry = TenantRegistry({})
+    tenants = backend.tenant_store(registry, ["current_time"], Settings())
+    sweeps = dict(backend.sweeps())
+    if isinstance(backend, RedisStore):
+        assert isinstance(tenants, RedisTenantStore)
+        assert sweeps == {}  # Redis expires threads itself
+    else:
+        assert isinstance(backend, MemoryStore)
+        assert type(tenants) is TenantStore
+        assert sweeps["memory_threads"]() == 0
+    assert await backend.check() is None
+
+
+async def test_the_redis_backend_closes_its_connections(redis_url: str) -> None:
+    with redis.Redis.from_url(redis_url) as observer:
+        def others() -> int:
+            return len(observer.client_list()) - 1  # all but the observer itself
+
+        async with open_backend(Settings(redis_url=redis_url)) as store:  # type: ignore[arg-type]
+            assert isinstance(store, RedisStore)
+            await store.client.ping()
+            assert others() >= 1
+        assert others() == 0
+
+
+class Turns:
+    def __init__(self, store: ConversationStore) -> None:
+        self.store = store
+        self.graph = build_agent_graph(store.checkpointer)
+        self.agent = TenantAgent("t", SystemMessage("sys"), OfflineChatModel(), {}, 20, 40,
+                                 4000, 5.0)
+
+    async def turn(self, key: str, text: str, fail_after_save: bool = False) -> None:
+        message = HumanMessage(text, id=str(uuid.uuid4()))
+        async with self.store.unit_of_work(self.graph, key, message.id or ""):
+            await self.graph.ainvoke({"messages": [message]}, thread_config(key),
+                                     context=self.agent, durability="exit")
+            if fail_after_save:
+                raise RuntimeError("the turn failed after the graph saved it")
+
+
+async def test_a_failed_turn_is_undone_and_a_good_one_kept(backend: ConversationStore) -> None:
+    turns = Turns(backend)
+    key = thread_key("ten", f"uow-{uuid.uuid4().hex[:8]}")
+    with pytest.raises(RuntimeError):
+        await turns.turn(key, "first, failing", fail_after_save=True)
+    assert await backend.messages(key) is None  # a failed first turn leaves no thread
+    await turns.turn(key, "hello")
+    with pytest.raises(RuntimeError):
+        await turns.turn(key, "second, failing", fail_after_save=True)
+    messages = await backend.messages(key)
+    assert messages is not None
+    assert [m.type for m in messages] == ["human", "ai"]
+    assert messages[0].content == "hello"
+    await turns.turn(key, "again")
+    messages = await backend.messages(key)
+    assert messages is not None
+    assert [m.content for m in messages if m.type == "human"] == ["hello", "again"]
