@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from langchain_core.messages import ToolCall, ToolMessage
 from sse_starlette import ServerSentEvent
+
+from app.turns.events import ToolCalled, ToolReturned
 
 FINAL_EVENTS = frozenset({"done", "error"})
 
@@ -31,16 +32,14 @@ def token(text: str) -> StreamEvent:
     return StreamEvent("token", {"text": text})
 
 
-def tool_call(call: ToolCall) -> StreamEvent:
-    return StreamEvent("tool", {"type": "call", "id": call.get("id") or "", "name": call["name"],
-                                "args": call["args"]})
+def tool_call(call: ToolCalled) -> StreamEvent:
+    return StreamEvent("tool", {"type": "call", "id": call.id, "name": call.name,
+                                "args": call.args})
 
 
-def tool_result(message: ToolMessage) -> StreamEvent:
-    content = message.content if isinstance(message.content, str) else message.text
-    return StreamEvent("tool", {"type": "result", "id": message.tool_call_id,
-                                "name": message.name, "content": content,
-                                "status": message.status})
+def tool_result(result: ToolReturned) -> StreamEvent:
+    return StreamEvent("tool", {"type": "result", "id": result.id, "name": result.name,
+                                "content": result.content, "status": result.status})
 
 
 def message(content: str) -> StreamEvent:

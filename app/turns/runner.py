@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +24,6 @@ from langchain_core.messages import (
     BaseMessage,
     HumanMessage,
     RemoveMessage,
-    ToolMessage,
 )
 from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphRecursionError
@@ -40,8 +39,7 @@ from app.errors import (
 )
 from app.observability.metrics import TURN_SECONDS, TURNS
 from app.persistence.store import ConversationStore, thread_config
-from app.streaming import events
-from app.streaming.events import StreamEvent
+from app.turns.events import OnEvent, Replied, Token, tool_events
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -65,17 +63,6 @@ def sum_usage(messages: list[BaseMessage]) -> dict[str, int]:
             for name in totals:
                 totals[name] += int(usage.get(name, 0))
     return totals
-
-
-Emit = Callable[[StreamEvent], Awaitable[None]]
-
-
-def _tool_events(message: BaseMessage) -> list[StreamEvent]:
-    if isinstance(message, AIMessage):
-        return [events.tool_call(call) for call in message.tool_calls]
-    if isinstance(message, ToolMessage):
-        return [events.tool_result(message)]
-    return []
 
 
 class TurnRunner:
@@ -138,16 +125,17 @@ class TurnRunner:
         return {**thread_config(key), "recursion_limit": self._recursion_limit}
 
     async def run(
-        self, agent: TenantAgent, key: str, text: str, emit: Emit | None = None
+        self, agent: TenantAgent, key: str, text: str, on_event: OnEvent | None = None
     ) -> TurnResult:
-        """Run a turn; with ``emit``, stream its tokens and tool events as they happen."""
+        """Run a turn; with ``on_event``, report its tokens, tool calls and results as they
+        happen, and its reply once stored."""
         message = HumanMessage(text, id=str(uuid.uuid4()))
         new: list[BaseMessage] = []
         config = self._config(key)
-        if emit is not None:
+        if on_event is not None:
 
-            def on_token(token: str) -> Awaitable[None]:  # emit's own coroutine, no wrapper
-                return emit(events.token(token))
+            def on_token(text: str) -> Awaitable[None]:  # on_event's coroutine, no wrapper
+                return on_event(Token(text))
 
             config["configurable"][ON_TOKEN_KEY] = on_token
         async with (
@@ -167,10 +155,13 @@ class TurnRunner:
                         if isinstance(produced, RemoveMessage):
                             continue
                         new.append(produced)
-                        if emit is not None:
-                            for event in _tool_events(produced):
-                                await emit(event)
-        return self._result(new)
+                        if on_event is not None:
+                            for event in tool_events(produced):
+                                await on_event(event)
+        result = self._result(new)
+        if on_event is not None:
+            await on_event(Replied(result.reply.text, result.usage))
+        return result
 
     @staticmethod
     def _result(new: list[BaseMessage]) -> TurnResult:
