@@ -53,10 +53,10 @@ async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
     tenants = TenantRegistry({})
     models = ModelPool(settings)
     stack.push_async_callback(models.aclose)
-    store = await stack.enter_async_context(open_backend(settings))
-    tenant_store = store.tenant_store(tenants, tools.names(), settings)
+    backend = await stack.enter_async_context(open_backend(settings))
+    tenant_store = backend.tenant_store(tenants, tools.names(), settings)
     await tenant_store.load(file_tenants)
-    agent_factory = AgentFactory(build_agent_graph(store.checkpointer), models, tools, settings)
+    agent_factory = AgentFactory(build_agent_graph(backend.checkpointer), models, tools, settings)
     agents = AgentCache(
         agent_factory.build,
         max_entries=settings.agent_cache_max_entries,
@@ -70,22 +70,22 @@ async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
     for _, config in tenants.items():  # first requests should not pay for client setup
         models.get(config.model or settings.default_model)
     streams = StreamHub(settings)
-    # Registered after the store: on exit, running turns finish before the store closes.
+    # Registered after the backend: on exit, running turns finish before it closes.
     stack.push_async_callback(streams.aclose, settings.shutdown_grace_s)
     janitor = Janitor(settings.janitor_interval_s)
     janitor.add("streams", streams.sweep)
     janitor.add("stuck_sends", streams.cut_stuck_sends, settings.stream_send_timeout_s)
     janitor.add("agent_cache", agents.sweep)
-    for name, sweep in store.sweeps():
+    for name, sweep in backend.sweeps():
         janitor.add(name, sweep)
     state = AppState(
         settings=settings,
         tenants=tenants,
         tenant_store=tenant_store,
-        store=store,
+        backend=backend,
         agent_factory=agent_factory,
         agents=agents,
-        runner=TurnRunner(agent_factory.graph, store, settings),
+        runner=TurnRunner(agent_factory.graph, backend, settings),
         streams=streams,
         janitor=janitor,
     )
@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             logger.info(
                 "agenthost ready: %s; %s; %d tenants; auth %s",
                 state.agent_factory.models.description,
-                state.store.description,
+                state.backend.description,
                 len(state.tenants),
                 "on" if state.auth_enabled else "off",
             )

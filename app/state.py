@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from app.agents.cache import AgentCache
 from app.agents.factory import AgentFactory
 from app.janitor import Janitor
-from app.persistence.store import ConversationStore
+from app.persistence.base import Backend
 from app.streaming.hub import StreamHub
 from app.tenants.registry import TenantRegistry
 from app.tenants.store import TenantStore
@@ -20,7 +20,7 @@ class AppState:
     settings: Settings
     tenants: TenantRegistry
     tenant_store: TenantStore
-    store: ConversationStore
+    backend: Backend
     agent_factory: AgentFactory
     agents: AgentCache
     runner: TurnRunner

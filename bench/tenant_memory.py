@@ -24,7 +24,7 @@ from contextlib import AsyncExitStack
 import psutil
 
 from app.main import build_state
-from app.persistence.store import thread_key
+from app.persistence.base import thread_key
 from app.tenants.registry import TenantConfig
 from config.settings import Settings
 

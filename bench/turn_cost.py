@@ -4,7 +4,7 @@
 
 Variants, all with the offline model so that persistence is what is measured:
 - ``memory``: the embedded BoundedMemorySaver, through the service's TurnRunner;
-- ``redis``: RedisStore (AsyncRedisSaver + stored-history cap + prune), same runner;
+- ``redis``: RedisBackend (AsyncRedisSaver + stored-history cap + prune), same runner;
 - ``redis-plain``: AsyncRedisSaver used as LangGraph documents it (default durability,
   every checkpoint kept, no history cap), for comparison.
 Times are medians over a window of turns around each mark. Without ``--redis-url`` it
@@ -28,9 +28,9 @@ from app.agents.factory import AgentFactory
 from app.agents.graph import TenantAgent, build_agent_graph
 from app.agents.tools import ToolRegistry, build_builtin_tools
 from app.llm.pool import ModelPool
-from app.persistence.memory import BoundedMemorySaver
-from app.persistence.redis import RedisStore
-from app.persistence.store import ConversationStore, MemoryStore, thread_config
+from app.persistence.base import Backend, thread_config
+from app.persistence.memory import BoundedMemorySaver, MemoryBackend
+from app.persistence.redis import RedisBackend
 from app.tenants.registry import TenantConfig
 from app.turns.runner import TurnRunner
 from config.settings import Settings
@@ -78,7 +78,7 @@ def agent_for(settings: Settings) -> tuple[AgentFactory, TenantAgent]:
     return base, base.clone("demo", config)
 
 
-async def run_service_variant(name: str, store: ConversationStore, settings: Settings,
+async def run_service_variant(name: str, store: Backend, settings: Settings,
                               turns: int, size_of: Any) -> None:
     _, agent = agent_for(settings)
     runner = TurnRunner(build_agent_graph(store.checkpointer), store, settings)
@@ -112,9 +112,9 @@ async def main() -> None:
         async def memory_size(key: str) -> int:
             return saver.bytes_held()
 
-        await run_service_variant("memory", MemoryStore(saver), settings, args.turns,
+        await run_service_variant("memory", MemoryBackend(saver), settings, args.turns,
                                   memory_size)
-        async with RedisStore.open(settings) as store:
+        async with RedisBackend.open(settings) as store:
             async def redis_size(key: str) -> int:
                 return await thread_bytes(store.client, key)
 

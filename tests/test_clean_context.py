@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.clean_context import in_fresh_context
-from app.persistence.redis import RedisStore
+from app.persistence.redis import RedisBackend
 from config.settings import Settings
 from tests.conftest import MockLLM, pool_for
 
@@ -89,7 +89,7 @@ async def test_a_pooled_llm_connection_keeps_no_turn_alive(mock_llm: MockLLM) ->
 
 async def test_a_pooled_redis_connection_keeps_no_turn_alive(redis_url: str) -> None:
     settings = Settings(redis_url=redis_url)  # type: ignore[arg-type]
-    async with RedisStore.open(settings) as store:
+    async with RedisBackend.open(settings) as store:
         await store.client.connection_pool.disconnect()  # the next command connects anew
 
         async def command() -> None:

@@ -25,5 +25,5 @@ async def test_two_apps_share_no_state(make_settings: SettingsFactory) -> None:
     async with first.router.lifespan_context(first), second.router.lifespan_context(second):
         one: AppState = first.state.agenthost
         two: AppState = second.state.agenthost
-        assert one.store is not two.store and one.streams is not two.streams
+        assert one.backend is not two.backend and one.streams is not two.streams
         assert one.agent_factory.graph is not two.agent_factory.graph

@@ -50,6 +50,9 @@ _OPTION_KEYS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout
 
 
 class PooledChatOpenAI(ChatOpenAI):
+    # PRIVATE: six of ChatOpenAI's (_get_request_payload, _create_chat_result,
+    # _convert_chunk_to_generation_chunk, _should_stream_usage, _use_responses_api,
+    # _uses_gateway); listed and pinned in tests/test_library_privates.py.
     upstream: ChatCompletions | None = Field(default=None, exclude=True)
     """The chat-completions pool for this model's base URL; None: the SDK does it all."""
 

@@ -263,7 +263,7 @@ class FreshContextConnector(aiohttp.TCPConnector):
     armed then would keep the releaser's, and re-arms itself in it while connections
     stay pooled).
 
-    PRIVATE (pinned in tests/test_clean_context.py): overrides aiohttp's
+    PRIVATE (tests/test_library_privates.py, tests/test_clean_context.py): overrides aiohttp's
     ``TCPConnector._create_connection`` and ``BaseConnector._release``.
     """
 

@@ -9,19 +9,19 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from app.persistence.memory import BoundedMemorySaver
-from app.persistence.redis import RedisStore
-from app.persistence.store import ConversationStore, MemoryStore
+from app.persistence.base import Backend
+from app.persistence.memory import BoundedMemorySaver, MemoryBackend
+from app.persistence.redis import RedisBackend
 from config.settings import Settings
 
 
 @asynccontextmanager
-async def open_backend(settings: Settings) -> AsyncIterator[ConversationStore]:
+async def open_backend(settings: Settings) -> AsyncIterator[Backend]:
     if settings.redis_configured:
-        async with RedisStore.open(settings) as store:
-            yield store
+        async with RedisBackend.open(settings) as backend:
+            yield backend
         return
-    yield MemoryStore(BoundedMemorySaver(
+    yield MemoryBackend(BoundedMemorySaver(
         max_threads=settings.memory_max_threads,
         ttl_s=settings.history_ttl_s,
         refresh_on_read=settings.history_refresh_on_read,

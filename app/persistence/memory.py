@@ -1,4 +1,5 @@
-"""``BoundedMemorySaver``: the embedded checkpointer, bounded in threads, bytes per thread and age.
+"""In-memory persistence: ``BoundedMemorySaver``, the embedded checkpointer bounded in threads,
+bytes per thread and age, and ``MemoryBackend``, the backend around it.
 
 Unlike LangGraph's ``InMemorySaver`` it keeps only each thread's latest checkpoint (the
 service never reads older ones), evicts the least recently used thread past
@@ -25,6 +26,8 @@ from langgraph.checkpoint.base import (
     get_checkpoint_id,
     get_checkpoint_metadata,
 )
+
+from app.persistence.base import Backend, Sweep
 
 Typed = tuple[str, bytes]
 # (task_id, channel, value, task_path) keyed by (task_id, write index)
@@ -257,3 +260,26 @@ class BoundedMemorySaver(BaseCheckpointSaver[int]):
 
     async def adelete_thread(self, thread_id: str) -> None:
         self.delete_thread(thread_id)
+
+
+class MemoryBackend(Backend):
+    def __init__(self, saver: BoundedMemorySaver) -> None:
+        super().__init__(
+            saver,
+            f"bounded in-memory (max {saver.max_threads} threads, TTL {saver.ttl_s:g}s; "
+            "REDIS_URL not set)",
+        )
+        self.checkpointer: BoundedMemorySaver = saver
+
+    def sweeps(self) -> list[Sweep]:
+        return [("memory_threads", self.checkpointer.sweep)]
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "backend": "memory",
+            "threads": self.checkpointer.thread_count,
+            "max_threads": self.checkpointer.max_threads,
+            "bytes": self.checkpointer.bytes_held(),
+            "evicted_lru": self.checkpointer.evicted_lru,
+            "expired": self.checkpointer.expired,
+        }

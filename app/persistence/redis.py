@@ -1,4 +1,4 @@
-"""``RedisStore``: conversation history in Redis 8 through ``AsyncRedisSaver``, with a TTL.
+"""``RedisBackend``: conversation history in Redis 8 through ``AsyncRedisSaver``, with a TTL.
 
 The saver rewrites a thread's whole state as a new checkpoint document each time it
 saves, and keeps every old one. Turns run with ``durability="exit"`` (one checkpoint per
@@ -27,7 +27,7 @@ from redisvl.exceptions import RedisVLError
 
 from app.clean_context import in_fresh_context
 from app.errors import ConfigError
-from app.persistence.store import ConversationStore
+from app.persistence.base import Backend
 from app.tenants.registry import TenantRegistry
 from app.tenants.store import RedisTenantStore, TenantStore
 from config.settings import Settings
@@ -74,6 +74,7 @@ class _OrjsonEncoder:
 
 
 class _OrjsonPipeline(Pipeline):
+    # PRIVATE: built with Pipeline's constructor arguments (tests/test_library_privates.py).
     def json(self, encoder: Any = None, decoder: Any = None) -> Any:
         return super().json(encoder=encoder or _OrjsonEncoder(),
                             decoder=decoder or _OrjsonDecoder())
@@ -114,6 +115,7 @@ class CachedClassSerializer(JsonPlusRedisSerializer):
         super().__init__()
         self._classes: dict[tuple[str, ...], type[Any] | str] = {}
 
+    # PRIVATE: overrides the serializer's _constructor_class (tests/test_library_privates.py).
     def _constructor_class(self, obj: dict[str, Any]) -> type[Any]:
         parts = obj.get("id")
         if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
@@ -145,20 +147,20 @@ def fresh_context_connections(base: type[AbstractConnection]) -> type[AbstractCo
     return FreshContextConnection
 
 
-class RedisStore(ConversationStore):
+class RedisBackend(Backend):
     unavailable_errors = (RedisError, RedisVLError, OSError)
 
     def __init__(self, saver: AsyncRedisSaver, client: Redis, where: str, ttl_s: int,
                  timeout_s: float) -> None:
         super().__init__(saver, f"Redis at {where} (TTL {ttl_s}s)")
-        self.saver = saver
+        self.checkpointer: AsyncRedisSaver = saver
         self.client = client
         self._timeout_s = timeout_s
         self._last_repair = -RECOVER_INTERVAL_S
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, settings: Settings) -> AsyncIterator[RedisStore]:
+    async def open(cls, settings: Settings) -> AsyncIterator[RedisBackend]:
         assert settings.redis_url is not None
         url = settings.redis_url.get_secret_value()
         where = redact_url(url)
@@ -183,8 +185,9 @@ class RedisStore(ConversationStore):
                     },
                 )
                 saver.serde = CachedClassSerializer()
-                # PRIVATE (pinned in tests/persistence/test_redis.py): the saver caches
-                # the key of every checkpoint it touches, up to 1,000, never evicting.
+                # PRIVATE (tests/test_library_privates.py, tests/persistence/test_redis.py):
+                # the saver caches the key of every checkpoint it touches, up to 1,000,
+                # never evicting.
                 # A thread keeps only its latest checkpoint, so the cache fills with the
                 # keys of deleted ones and then stops helping; building a key is cheap.
                 saver._key_cache_max_size = 0
@@ -206,7 +209,7 @@ class RedisStore(ConversationStore):
                                 raise_on_release_error=False)
 
     async def after_turn(self, key: str) -> None:
-        await self.saver.aprune([key], keep_last=1)
+        await self.checkpointer.aprune([key], keep_last=1)
 
     def tenant_store(self, registry: TenantRegistry, known_tools: Iterable[str],
                      settings: Settings) -> TenantStore:
@@ -228,7 +231,7 @@ class RedisStore(ConversationStore):
                 indexes = await self.client.execute_command("FT._LIST")  # type: ignore[no-untyped-call]
                 names = {i.decode() if isinstance(i, bytes) else str(i) for i in indexes}
                 if not {"checkpoint", "checkpoint_write"} <= names:
-                    await self.saver.asetup()
+                    await self.checkpointer.asetup()
                     logger.warning("%s had lost its search indexes; recreated them",
                                    self.description)
         except (RedisError, RedisVLError, OSError, TimeoutError) as exc:

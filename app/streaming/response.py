@@ -20,6 +20,7 @@ from app.streaming.hub import LiveStream
 
 
 class StreamResponse(EventSourceResponse):
+    # PRIVATE: overrides sse-starlette's _send_with_timeout (tests/test_library_privates.py).
     def __init__(self, stream: LiveStream, content: Any, **kwargs: Any) -> None:
         super().__init__(content, **kwargs)  # no send_timeout: the hub enforces it
         self._stream = stream

@@ -1,7 +1,7 @@
 """``TurnRunner``: runs one chat turn of a tenant's agent on a thread, start to saved.
 
 Turns on one thread run one at a time: a per-thread lock in this worker (gone with its
-last waiter), plus the store's thread lock across workers and replicas (Redis). Every
+last waiter), plus the backend's thread lock across workers and replicas (Redis). Every
 failure leaves as an ``AppError``, and a failed turn is undone, so the thread is as it
 was and the client can simply retry.
 """
@@ -38,7 +38,7 @@ from app.errors import (
     UpstreamTimeout,
 )
 from app.observability.metrics import TURN_SECONDS, TURNS
-from app.persistence.store import ConversationStore, thread_config
+from app.persistence.base import Backend, thread_config
 from app.turns.events import OnEvent, Replied, Token, tool_events
 from config.settings import Settings
 
@@ -66,9 +66,9 @@ def sum_usage(messages: list[BaseMessage]) -> dict[str, int]:
 
 
 class TurnRunner:
-    def __init__(self, graph: AgentGraph, store: ConversationStore, settings: Settings) -> None:
+    def __init__(self, graph: AgentGraph, backend: Backend, settings: Settings) -> None:
         self._graph = graph
-        self._store = store
+        self._backend = backend
         self._timeout_s = settings.turn_timeout_s
         self._recursion_limit = 2 * settings.max_tool_rounds + 1
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
@@ -89,7 +89,7 @@ class TurnRunner:
             async with (
                 self._lock(key),
                 asyncio.timeout(self._timeout_s),
-                self._store.thread_lock(key, self._timeout_s + LOCK_MARGIN_S),
+                self._backend.thread_lock(key, self._timeout_s + LOCK_MARGIN_S),
             ):
                 yield
         except AppError as exc:
@@ -112,10 +112,10 @@ class TurnRunner:
         except openai.APIError as exc:
             outcome = UpstreamError.code
             raise UpstreamError(f"the language model is unreachable: {exc.message}") from exc
-        except self._store.unavailable_errors as exc:
+        except self._backend.unavailable_errors as exc:
             outcome = StorageUnavailable.code
             logger.warning("tenant %s: storage failed during a turn: %r", agent.tenant_id, exc)
-            await self._store.recover()
+            await self._backend.recover()
             raise StorageUnavailable("conversation storage is unavailable") from exc
         finally:
             TURNS.labels(outcome).inc()
@@ -140,7 +140,7 @@ class TurnRunner:
             config["configurable"][ON_TOKEN_KEY] = on_token
         async with (
             self._turn(agent, key),
-            self._store.unit_of_work(self._graph, key, message.id or ""),
+            self._backend.unit_of_work(self._graph, key, message.id or ""),
         ):
             update: Any
             async for update in self._graph.astream(

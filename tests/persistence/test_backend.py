@@ -13,15 +13,16 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from app.agents.graph import TenantAgent, build_agent_graph
 from app.llm.offline import OfflineChatModel
 from app.persistence.backend import open_backend
-from app.persistence.redis import RedisStore
-from app.persistence.store import ConversationStore, MemoryStore, thread_config, thread_key
+from app.persistence.base import Backend, thread_config, thread_key
+from app.persistence.memory import MemoryBackend
+from app.persistence.redis import RedisBackend
 from app.tenants.registry import TenantRegistry
 from app.tenants.store import RedisTenantStore, TenantStore
 from config.settings import Settings
 
 
 @pytest.fixture(params=["memory", "redis"])
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[ConversationStore]:
+async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     overrides: dict[str, object] = {}
     if request.param == "redis":
         overrides["redis_url"] = request.getfixturevalue("redis_url")
@@ -29,15 +30,15 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[ConversationS
         yield store
 
 
-async def test_the_settings_pick_the_backend_and_its_seams(backend: ConversationStore) -> None:
+async def test_the_settings_pick_the_backend_and_its_seams(backend: Backend) -> None:
     registry = TenantRegistry({})
     tenants = backend.tenant_store(registry, ["current_time"], Settings())
     sweeps = dict(backend.sweeps())
-    if isinstance(backend, RedisStore):
+    if isinstance(backend, RedisBackend):
         assert isinstance(tenants, RedisTenantStore)
         assert sweeps == {}  # Redis expires threads itself
     else:
-        assert isinstance(backend, MemoryStore)
+        assert isinstance(backend, MemoryBackend)
         assert type(tenants) is TenantStore
         assert sweeps["memory_threads"]() == 0
     assert await backend.check() is None
@@ -49,14 +50,14 @@ async def test_the_redis_backend_closes_its_connections(redis_url: str) -> None:
             return len(observer.client_list()) - 1  # all but the observer itself
 
         async with open_backend(Settings(redis_url=redis_url)) as store:  # type: ignore[arg-type]
-            assert isinstance(store, RedisStore)
+            assert isinstance(store, RedisBackend)
             await store.client.ping()
             assert others() >= 1
         assert others() == 0
 
 
 class Turns:
-    def __init__(self, store: ConversationStore) -> None:
+    def __init__(self, store: Backend) -> None:
         self.store = store
         self.graph = build_agent_graph(store.checkpointer)
         self.agent = TenantAgent("t", SystemMessage("sys"), OfflineChatModel(), {}, 20, 40,
@@ -71,7 +72,7 @@ class Turns:
                 raise RuntimeError("the turn failed after the graph saved it")
 
 
-async def test_a_failed_turn_is_undone_and_a_good_one_kept(backend: ConversationStore) -> None:
+async def test_a_failed_turn_is_undone_and_a_good_one_kept(backend: Backend) -> None:
     turns = Turns(backend)
     key = thread_key("ten", f"uow-{uuid.uuid4().hex[:8]}")
     with pytest.raises(RuntimeError):

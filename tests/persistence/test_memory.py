@@ -5,8 +5,8 @@ from langchain_core.messages import HumanMessage, SystemMessage
 
 from app.agents.graph import TenantAgent, build_agent_graph
 from app.llm.offline import OfflineChatModel
-from app.persistence.memory import BoundedMemorySaver
-from app.persistence.store import MemoryStore, thread_config
+from app.persistence.base import thread_config
+from app.persistence.memory import BoundedMemorySaver, MemoryBackend
 
 
 class FakeClock:
@@ -37,7 +37,7 @@ class Chat:
 async def test_history_round_trips_and_only_the_latest_checkpoint_is_kept() -> None:
     saver = BoundedMemorySaver(max_threads=10, ttl_s=60)
     chat = Chat(saver)
-    store = MemoryStore(saver)
+    store = MemoryBackend(saver)
     for i in range(3):
         await chat.turn("t/1", f"m{i}")
     messages = await store.messages("t/1")
@@ -105,7 +105,7 @@ async def test_a_long_thread_stays_within_its_stored_cap() -> None:
     for i in range(60):
         await chat.turn("t/long", f"message number {i}")
         sizes.append(saver.bytes_held())
-    messages = MemoryStore(saver)
+    messages = MemoryBackend(saver)
     stored = await messages.messages("t/long")
     assert stored is not None and len(stored) <= 10
     assert stored[-2].text == "message number 59"

@@ -1,4 +1,4 @@
-"""RedisStore against a real Redis 8 with RedisJSON and RediSearch."""
+"""RedisBackend against a real Redis 8 with RedisJSON and RediSearch."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
 from app.agents.graph import TenantAgent, build_agent_graph
 from app.errors import ConfigError
 from app.llm.offline import OfflineChatModel
-from app.persistence.redis import CachedClassSerializer, RedisStore, redact_url
-from app.persistence.store import thread_config, thread_key
+from app.persistence.base import thread_config, thread_key
+from app.persistence.redis import CachedClassSerializer, RedisBackend, redact_url
 from config.settings import Settings
 from tests.servers.processes import ManagedProcess, free_port, redis_binaries
 
 
 class Chat:
-    def __init__(self, store: RedisStore, max_stored: int = 40) -> None:
+    def __init__(self, store: RedisBackend, max_stored: int = 40) -> None:
         self.store = store
         self.graph = build_agent_graph(store.checkpointer)
         self.agent = TenantAgent("t", SystemMessage("sys"), OfflineChatModel(), {}, 20,
@@ -45,7 +45,7 @@ def settings_for(redis_url: str) -> Callable[..., Settings]:
 
 
 async def test_every_key_of_a_thread_has_the_ttl(settings_for: Callable[..., Settings]) -> None:
-    async with RedisStore.open(settings_for(history_ttl_s=500)) as store:
+    async with RedisBackend.open(settings_for(history_ttl_s=500)) as store:
         key = thread_key("ten", "ttl-thread")
         await Chat(store).turn(key, "hello")
         keys = await thread_keys(store.client, key)
@@ -56,7 +56,7 @@ async def test_every_key_of_a_thread_has_the_ttl(settings_for: Callable[..., Set
 
 
 async def test_reading_history_refreshes_the_ttl(settings_for: Callable[..., Settings]) -> None:
-    async with RedisStore.open(settings_for(history_ttl_s=500)) as store:
+    async with RedisBackend.open(settings_for(history_ttl_s=500)) as store:
         key = thread_key("ten", "refresh-thread")
         await Chat(store).turn(key, "hello")
         for name in await thread_keys(store.client, key):
@@ -69,7 +69,7 @@ async def test_reading_history_refreshes_the_ttl(settings_for: Callable[..., Set
 
 
 async def test_history_is_gone_after_the_ttl(settings_for: Callable[..., Settings]) -> None:
-    async with RedisStore.open(settings_for(history_ttl_s=1)) as store:
+    async with RedisBackend.open(settings_for(history_ttl_s=1)) as store:
         key = thread_key("ten", "expiring")
         await Chat(store).turn(key, "hello")
         assert await store.messages(key) is not None
@@ -81,7 +81,7 @@ async def test_history_is_gone_after_the_ttl(settings_for: Callable[..., Setting
 async def test_a_thread_uses_flat_keys_and_bytes_however_long(
     settings_for: Callable[..., Settings],
 ) -> None:
-    async with RedisStore.open(settings_for()) as store:
+    async with RedisBackend.open(settings_for()) as store:
         chat = Chat(store, max_stored=10)
         key = thread_key("ten", "long-thread")
         footprint = []
@@ -99,7 +99,7 @@ async def test_a_thread_uses_flat_keys_and_bytes_however_long(
 async def test_odd_ids_round_trip_and_never_collide(
     settings_for: Callable[..., Settings],
 ) -> None:
-    async with RedisStore.open(settings_for()) as store:
+    async with RedisBackend.open(settings_for()) as store:
         chat = Chat(store)
         first, second = thread_key("a", "b:c"), thread_key("a:b", "c")
         assert first != second
@@ -126,7 +126,7 @@ async def test_redis_without_the_modules_is_refused_by_name() -> None:
     try:
         settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0")  # type: ignore[arg-type]
         with pytest.raises(ConfigError, match="RedisJSON, RediSearch"):
-            async with RedisStore.open(settings):
+            async with RedisBackend.open(settings):
                 pass
     finally:
         plain.stop()
@@ -137,7 +137,7 @@ async def test_unreachable_redis_fails_fast_with_the_url() -> None:
     settings = Settings(redis_url=f"redis://user:pw@127.0.0.1:{port}/0",  # type: ignore[arg-type]
                         redis_timeout_s=1)
     with pytest.raises(ConfigError, match=r"redis://user:\*\*\*@127.0.0.1"):
-        async with RedisStore.open(settings):
+        async with RedisBackend.open(settings):
             pass
 
 
@@ -174,8 +174,8 @@ async def test_library_privates_we_rely_on_still_exist(
 ) -> None:
     """Contract: fails loudly when an upgrade of langgraph-checkpoint-redis moves these."""
     assert callable(JsonPlusRedisSerializer._constructor_class)
-    async with RedisStore.open(settings_for()) as store:
-        saver = store.saver
+    async with RedisBackend.open(settings_for()) as store:
+        saver = store.checkpointer
         assert saver._key_cache_max_size == 0
         assert saver._key_cache == {}
         key = thread_key("ten", "privates")

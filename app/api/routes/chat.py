@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from app.api.deps import StateDep, TenantDep, TenantId, ThreadId
 from app.api.schemas import HistoryOut, MessageIn, MessageOut, ReplyOut, TurnOut, Usage
 from app.errors import PayloadTooLarge, ThreadNotFound
-from app.persistence.store import thread_key
+from app.persistence.base import thread_key
 
 router = APIRouter(prefix="/v1/tenants/{tenant_id}/threads/{thread_id}", tags=["chat"])
 
@@ -44,7 +44,7 @@ async def get_messages(
     thread_id: ThreadId,
     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
 ) -> HistoryOut:
-    messages = await state.store.messages(thread_key(tenant_id, thread_id))
+    messages = await state.backend.messages(thread_key(tenant_id, thread_id))
     if messages is None:
         raise ThreadNotFound(f"no thread {thread_id!r} for tenant {tenant_id!r}")
     out = [m for m in (MessageOut.from_message(msg) for msg in messages) if m is not None]
@@ -57,5 +57,5 @@ async def get_messages(
 async def delete_thread(
     state: StateDep, config: TenantDep, tenant_id: TenantId, thread_id: ThreadId
 ) -> Response:
-    await state.store.delete(thread_key(tenant_id, thread_id))
+    await state.backend.delete(thread_key(tenant_id, thread_id))
     return Response(status_code=204)

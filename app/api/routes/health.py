@@ -24,13 +24,13 @@ async def health() -> dict[str, str]:
 async def ready(state: StateDep) -> JSONResponse:
     """Readiness: storage and the language model are reachable."""
     storage, upstream = await asyncio.gather(
-        state.store.check(), state.agent_factory.models.check_upstream()
+        state.backend.check(), state.agent_factory.models.check_upstream()
     )
     checks = {"storage": storage or "ok", "upstream": upstream or "ok"}
     body: dict[str, Any] = {
         "status": "ready" if storage is None and upstream is None else "not_ready",
         "checks": checks,
-        "storage": state.store.description,
+        "storage": state.backend.description,
         "model": state.agent_factory.models.description,
         "tenants": len(state.tenants),
         "auth": "on" if state.auth_enabled else "off",
@@ -44,7 +44,7 @@ async def cache_stats(state: StateDep) -> dict[str, Any]:
     """The agent cache, the conversation store and live streams of this worker."""
     return {
         "agent_cache": state.agents.stats(),
-        "persistence": state.store.stats(),
+        "persistence": state.backend.stats(),
         "streams": state.streams.stats(),
     }
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from app.api.deps import StateDep, TenantDep, TenantId, ThreadId
 from app.api.routes.chat import checked_message
 from app.api.schemas import MessageIn
-from app.persistence.store import thread_key
+from app.persistence.base import thread_key
 from app.streaming.response import StreamResponse
 from app.streaming.session import StreamSession
 

@@ -1,9 +1,9 @@
-"""``ConversationStore``: a checkpointer plus what the API needs around it.
+"""``Backend``: what every persistence backend offers, and the keys threads are stored under.
 
-The API reads and deletes thread history through it; the turn runner calls ``after_turn``
-so a backend can drop superseded checkpoints. Thread keys join tenant and thread with a
-character that ids cannot contain, so tenants never share a key; ``:`` (allowed in ids)
-is escaped because the Redis saver splits its keys on it.
+Implementations: ``MemoryBackend`` (memory.py) and ``RedisBackend`` (redis.py);
+``open_backend`` (backend.py) opens the one the settings call for. Thread keys join
+tenant and thread with a character that ids cannot contain, so tenants never share a
+key; ``:`` (allowed in ids) is escaped because the Redis saver splits its keys on it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from app.errors import StorageUnavailable
 from app.observability.metrics import PERSIST_SECONDS
-from app.persistence.memory import BoundedMemorySaver
 from app.tenants.registry import TenantRegistry
 from app.tenants.store import TenantStore
 from config.settings import Settings
@@ -53,7 +52,7 @@ def thread_config(key: str) -> RunnableConfig:
     return {"configurable": {"thread_id": key, "checkpoint_ns": ""}}
 
 
-class ConversationStore:
+class Backend:
     """A persistence backend: the checkpointer plus everything around it.
 
     The API reads and deletes thread history through it; a turn runs inside its thread
@@ -166,26 +165,3 @@ class ConversationStore:
 
     def stats(self) -> dict[str, Any]:
         return {"backend": self.description}
-
-
-class MemoryStore(ConversationStore):
-    def __init__(self, saver: BoundedMemorySaver) -> None:
-        super().__init__(
-            saver,
-            f"bounded in-memory (max {saver.max_threads} threads, TTL {saver.ttl_s:g}s; "
-            "REDIS_URL not set)",
-        )
-        self.saver = saver
-
-    def sweeps(self) -> list[Sweep]:
-        return [("memory_threads", self.saver.sweep)]
-
-    def stats(self) -> dict[str, Any]:
-        return {
-            "backend": "memory",
-            "threads": self.saver.thread_count,
-            "max_threads": self.saver.max_threads,
-            "bytes": self.saver.bytes_held(),
-            "evicted_lru": self.saver.evicted_lru,
-            "expired": self.saver.expired,
-        }
