@@ -106,7 +106,7 @@ def test_redis_outage_is_503_then_recovers(mock_llm: MockLLM) -> None:
                 break
             time.sleep(RECOVER_INTERVAL_S)
         assert repaired in app.log_text()
-        assert "storage failed during a turn" in app.log_text()
+        assert "failed during a turn of tenant" in app.log_text()
         assert chat(base, "t", "healed").status_code == 200
     finally:
         app.stop()

@@ -73,9 +73,13 @@ class Backend:
         try:
             yield
         except self.unavailable_errors as exc:
-            logger.warning("%s failed: %r", self.description, exc)
-            await self.recover()
-            raise StorageUnavailable("conversation storage is unavailable") from exc
+            raise await self.unavailable(exc, "reading or deleting a thread") from exc
+
+    async def unavailable(self, exc: BaseException, during: str) -> StorageUnavailable:
+        """The client's error for a failure of this backend: logged once, recovery tried."""
+        logger.warning("%s failed during %s: %r", self.description, during, exc)
+        await self.recover()
+        return StorageUnavailable("conversation storage is unavailable")
 
     async def messages(self, key: str) -> list[BaseMessage] | None:
         """A thread's stored messages, oldest first; None when the thread does not exist."""

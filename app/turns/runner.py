@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 from weakref import WeakValueDictionary
 
-import openai
 from langchain_core.messages import (
     AIMessage,
     BaseMessage,
@@ -32,11 +31,10 @@ from langgraph.graph import MessagesState
 from app.agents.graph import ON_TOKEN_KEY, AgentGraph, TenantAgent
 from app.errors import (
     AppError,
-    StorageUnavailable,
     TurnTimeout,
     UpstreamError,
-    UpstreamTimeout,
 )
+from app.llm.errors import UPSTREAM_ERRORS, upstream_error
 from app.observability.metrics import TURN_SECONDS, TURNS
 from app.persistence.base import Backend, thread_config
 from app.turns.events import OnEvent, Replied, Token, tool_events
@@ -101,22 +99,14 @@ class TurnRunner:
         except GraphRecursionError as exc:
             outcome = UpstreamError.code
             raise UpstreamError("the agent kept calling tools past its round limit") from exc
-        except openai.APITimeoutError as exc:
-            outcome = UpstreamTimeout.code
-            raise UpstreamTimeout("the language model did not answer in time") from exc
-        except openai.APIStatusError as exc:
-            outcome = UpstreamError.code
-            raise UpstreamError(
-                f"the language model answered {exc.status_code}: {exc.message}"[:300]
-            ) from exc
-        except openai.APIError as exc:
-            outcome = UpstreamError.code
-            raise UpstreamError(f"the language model is unreachable: {exc.message}") from exc
+        except UPSTREAM_ERRORS as exc:
+            error = upstream_error(exc)
+            outcome = error.code
+            raise error from exc
         except self._backend.unavailable_errors as exc:
-            outcome = StorageUnavailable.code
-            logger.warning("tenant %s: storage failed during a turn: %r", agent.tenant_id, exc)
-            await self._backend.recover()
-            raise StorageUnavailable("conversation storage is unavailable") from exc
+            error = await self._backend.unavailable(exc, f"a turn of tenant {agent.tenant_id}")
+            outcome = error.code
+            raise error from exc
         finally:
             TURNS.labels(outcome).inc()
             TURN_SECONDS.observe(time.perf_counter() - started)
