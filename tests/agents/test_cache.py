@@ -17,14 +17,7 @@ from app.agents.cache import (
 from app.agents.graph import TenantAgent
 from app.llm.offline import OfflineChatModel
 from app.tenants.registry import TenantConfig
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import FakeClock
 
 
 class Builder:

@@ -7,14 +7,7 @@ from app.agents.graph import TenantAgent, build_agent_graph
 from app.llm.offline import OfflineChatModel
 from app.persistence.base import thread_config
 from app.persistence.memory import BoundedMemorySaver, MemoryBackend
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import FakeClock
 
 
 def agent(max_stored: int = 40) -> TenantAgent:

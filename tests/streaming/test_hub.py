@@ -13,14 +13,7 @@ from app.janitor import Janitor
 from app.streaming import events
 from app.streaming.hub import StreamHub
 from config.settings import Settings
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.clock import FakeClock
 
 
 def hub(clock: FakeClock | None = None, **overrides: object) -> StreamHub:
