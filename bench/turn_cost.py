@@ -25,7 +25,7 @@ from langchain_core.messages import HumanMessage
 from redis.asyncio import Redis
 
 from app.agents.factory import AgentFactory
-from app.agents.graph import TenantAgent, build_agent_graph
+from app.agents.graph import TenantAgent, TurnContext, build_agent_graph
 from app.agents.tools import ToolRegistry, build_builtin_tools
 from app.llm.pool import ModelPool
 from app.persistence.base import Backend, thread_config
@@ -129,7 +129,7 @@ async def main() -> None:
 
             async def plain_turn(turn: int) -> None:
                 await graph.ainvoke({"messages": [HumanMessage(f"{TEXT} (message {turn})")]},
-                                    thread_config(key), context=plain)
+                                    thread_config(key), context=TurnContext(plain))
 
             await measure("redis-plain", args.plain_turns, plain_turn,
                           lambda: thread_bytes(store.client, key))

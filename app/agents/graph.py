@@ -1,7 +1,8 @@
 """The one compiled agent graph a worker runs for every tenant.
 
 A tenant's differences (prompt, model binding, tools, history caps) travel with each run
-as the graph's runtime context, a ``TenantAgent``; the graph itself is built once per
+in the graph's runtime context (``TurnContext``: the ``TenantAgent``, and where a
+streamed turn's tokens go); the graph itself is built once per
 worker. Two nodes: ``agent`` (cap stored history, call the model on a window of it) and
 ``tools`` (run the requested tools concurrently, each bounded by a timeout).
 """
@@ -26,14 +27,13 @@ from langchain_core.messages import (
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.config import get_config
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from app.agents.history import model_window, storage_overflow
-from app.llm.chat_model import stream_reply
+from app.llm.chat_model import OnToken, stream_reply
 
 logger = logging.getLogger(__name__)
 
@@ -52,21 +52,29 @@ class TenantAgent:
     tool_timeout_s: float
 
 
-AgentGraph = CompiledStateGraph[MessagesState, TenantAgent, MessagesState, MessagesState]
-# A run whose config carries an OnToken under this key streams the model, each text
-# delta going to it as it arrives (cheaper per token than LangGraph's "messages" mode).
-ON_TOKEN_KEY = "agenthost_on_token"
+@dataclass(frozen=True, slots=True)
+class TurnContext:
+    """A run's runtime context: the tenant's agent, and for a streamed turn where its
+    tokens go. With ``on_token`` the agent node streams the model, each text delta to it
+    as it arrives: cheaper per token than LangGraph's "messages" or "custom" stream modes,
+    which route every delta through the run's own stream queue."""
+
+    agent: TenantAgent
+    on_token: OnToken | None = None
 
 
-async def _agent(state: MessagesState, runtime: Runtime[TenantAgent]) -> Command[str]:
-    agent = runtime.context
+AgentGraph = CompiledStateGraph[MessagesState, TurnContext, MessagesState, MessagesState]
+
+
+async def _agent(state: MessagesState, runtime: Runtime[TurnContext]) -> Command[str]:
+    agent = runtime.context.agent
     messages = state["messages"]
     dropped = storage_overflow(messages, agent.max_stored)
     if dropped:
         messages = messages[len(dropped) :]
     window = model_window(messages, agent.max_messages, agent.max_chars)
     prompt = [agent.system_message, *window]
-    on_token = get_config().get("configurable", {}).get(ON_TOKEN_KEY)
+    on_token = runtime.context.on_token
     if on_token is None:
         reply = await agent.model.ainvoke(prompt)
     else:
@@ -107,15 +115,16 @@ async def _run_tool(agent: TenantAgent, call: ToolCall) -> ToolMessage:
     return ToolMessage(content, tool_call_id=call_id, name=name, status=status)
 
 
-async def _tools(state: MessagesState, runtime: Runtime[TenantAgent]) -> dict[str, Any]:
+async def _tools(state: MessagesState, runtime: Runtime[TurnContext]) -> dict[str, Any]:
     last = state["messages"][-1]
     assert isinstance(last, AIMessage)
-    results = await asyncio.gather(*(_run_tool(runtime.context, c) for c in last.tool_calls))
+    agent = runtime.context.agent
+    results = await asyncio.gather(*(_run_tool(agent, c) for c in last.tool_calls))
     return {"messages": list(results)}
 
 
 def build_agent_graph(checkpointer: BaseCheckpointSaver[Any]) -> AgentGraph:
-    graph = StateGraph(MessagesState, context_schema=TenantAgent)
+    graph = StateGraph(MessagesState, context_schema=TurnContext)
     graph.add_node("agent", _agent, destinations=("tools", END))
     graph.add_node("tools", _tools)
     graph.add_edge(START, "agent")

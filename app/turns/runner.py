@@ -28,7 +28,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.errors import GraphRecursionError
 from langgraph.graph import MessagesState
 
-from app.agents.graph import ON_TOKEN_KEY, AgentGraph, TenantAgent
+from app.agents.graph import AgentGraph, TenantAgent, TurnContext
 from app.errors import (
     AppError,
     TurnTimeout,
@@ -122,12 +122,13 @@ class TurnRunner:
         message = HumanMessage(text, id=str(uuid.uuid4()))
         new: list[BaseMessage] = []
         config = self._config(key)
+        context = TurnContext(agent)
         if on_event is not None:
 
             def on_token(text: str) -> Awaitable[None]:  # on_event's coroutine, no wrapper
                 return on_event(Token(text))
 
-            config["configurable"][ON_TOKEN_KEY] = on_token
+            context = TurnContext(agent, on_token)
         async with (
             self._turn(agent, key),
             self._backend.unit_of_work(self._graph, key, message.id or ""),
@@ -136,7 +137,7 @@ class TurnRunner:
             async for update in self._graph.astream(
                 MessagesState(messages=[message]),
                 config,
-                context=agent,
+                context=context,
                 durability="exit",
                 stream_mode="updates",
             ):

@@ -10,7 +10,7 @@ import pytest
 import redis
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from app.agents.graph import TenantAgent, build_agent_graph
+from app.agents.graph import TenantAgent, TurnContext, build_agent_graph
 from app.llm.offline import OfflineChatModel
 from app.persistence.backend import open_backend
 from app.persistence.base import Backend, thread_config, thread_key
@@ -67,7 +67,7 @@ class Turns:
         message = HumanMessage(text, id=str(uuid.uuid4()))
         async with self.store.unit_of_work(self.graph, key, message.id or ""):
             await self.graph.ainvoke({"messages": [message]}, thread_config(key),
-                                     context=self.agent, durability="exit")
+                                     context=TurnContext(self.agent), durability="exit")
             if fail_after_save:
                 raise RuntimeError("the turn failed after the graph saved it")
 

@@ -3,7 +3,7 @@ import tracemalloc
 
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from app.agents.graph import TenantAgent, build_agent_graph
+from app.agents.graph import TenantAgent, TurnContext, build_agent_graph
 from app.llm.offline import OfflineChatModel
 from app.persistence.base import thread_config
 from app.persistence.memory import BoundedMemorySaver, MemoryBackend
@@ -24,7 +24,7 @@ class Chat:
 
     async def turn(self, key: str, text: str) -> None:
         await self.graph.ainvoke({"messages": [HumanMessage(text)]}, thread_config(key),
-                                 context=self.agent, durability="exit")
+                                 context=TurnContext(self.agent), durability="exit")
 
 
 async def test_history_round_trips_and_only_the_latest_checkpoint_is_kept() -> None:

@@ -10,7 +10,7 @@ import redis.asyncio as aredis
 from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
 
-from app.agents.graph import TenantAgent, build_agent_graph
+from app.agents.graph import TenantAgent, TurnContext, build_agent_graph
 from app.errors import ConfigError
 from app.llm.offline import OfflineChatModel
 from app.persistence.base import thread_config, thread_key
@@ -28,7 +28,7 @@ class Chat:
 
     async def turn(self, key: str, text: str) -> None:
         await self.graph.ainvoke({"messages": [HumanMessage(text)]}, thread_config(key),
-                                 context=self.agent, durability="exit")
+                                 context=TurnContext(self.agent), durability="exit")
         await self.store.after_turn(key)
 
 
