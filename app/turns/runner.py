@@ -149,7 +149,7 @@ class TurnRunner:
                         if on_event is not None:
                             for event in tool_events(produced):
                                 await on_event(event)
-        result = self._result(new)
+            result = self._result(new)  # no reply: a failed turn, undone like any other
         if on_event is not None:
             await on_event(Replied(result.reply.text, result.usage))
         return result

@@ -1,15 +1,12 @@
-"""StreamHub and Janitor in-process, with an injected clock."""
+"""StreamHub in-process, with an injected clock."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Callable
 
 import pytest
 
 from app.errors import TooManyStreams
-from app.janitor import Janitor
 from app.streaming import events
 from app.streaming.hub import StreamHub
 from config.settings import Settings
@@ -111,31 +108,6 @@ async def test_shutdown_waits_for_running_turns_then_cancels() -> None:
     assert stuck.ended == "cancelled"
 
 
-async def test_janitor_runs_every_sweep_and_survives_a_failing_one(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    janitor = Janitor(interval_s=0.01)
-    calls: list[str] = []
-
-    def broken() -> int:
-        raise RuntimeError("boom")
-
-    async def counted() -> int:
-        calls.append("async")
-        return 2
-
-    janitor.add("broken", broken)
-    janitor.add("counted", counted)
-    janitor.add("plain", lambda: 0)
-    with caplog.at_level(logging.ERROR):
-        assert await janitor.run_once() == {"counted": 2, "plain": 0}
-    assert "janitor sweep broken failed" in caplog.text
-    janitor.start()
-    await asyncio.sleep(0.05)
-    await janitor.stop()
-    assert len(calls) >= 3
-
-
 async def test_queued_events_are_taken_together_up_to_the_final_one() -> None:
     streams = hub()
     stream = streams.open("a", "t")
@@ -148,24 +120,6 @@ async def test_queued_events_are_taken_together_up_to_the_final_one() -> None:
     assert [e.event for e in rest] == ["token", "token", "done"]
     wire = b"".join(e.encode(i) for i, e in enumerate(first, start=1))
     assert wire.startswith(b'id: 1\r\nevent: token\r\ndata: {"text":"0"}\r\n\r\nid: 2\r\n')
-
-
-async def test_janitor_runs_a_sweep_at_its_own_interval() -> None:
-    janitor = Janitor(interval_s=10)
-    calls: dict[str, int] = {"fast": 0, "slow": 0}
-
-    def counter(name: str) -> Callable[[], int]:
-        def sweep() -> int:
-            calls[name] += 1
-            return 0
-        return sweep
-
-    janitor.add("fast", counter("fast"), 0.01)
-    janitor.add("slow", counter("slow"))
-    janitor.start()
-    await asyncio.sleep(0.1)
-    await janitor.stop()
-    assert calls["fast"] >= 3 and calls["slow"] == 0
 
 
 async def test_a_send_pending_past_the_cutoff_is_cancelled_once() -> None:
