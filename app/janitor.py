@@ -12,7 +12,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 
-from app.observability.metrics import JANITOR_REMOVED
+from app.observability.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +20,9 @@ Sweep = Callable[[], int | Awaitable[int]]
 
 
 class Janitor:
-    def __init__(self, interval_s: float) -> None:
+    def __init__(self, interval_s: float, metrics: Metrics | None = None) -> None:
         self.interval_s = interval_s
+        self._metrics = metrics or Metrics()
         self._sweeps: dict[str, Sweep] = {}
         self._intervals: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
@@ -47,7 +48,7 @@ class Janitor:
                 continue
             removed[name] = count
             if count:
-                JANITOR_REMOVED.labels(name).inc(count)
+                self._metrics.janitor_removed.labels(name).inc(count)
                 logger.info("janitor: %s removed %d", name, count)
         return removed
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from app.agents.cache import AgentCache
 from app.agents.factory import AgentFactory
 from app.agents.graph import build_agent_graph
+from app.agents.mcp import McpToolLoader
 from app.agents.tools import ToolRegistry, build_builtin_tools
 from app.api.middleware.body_limit import BodyLimitMiddleware
 from app.api.middleware.request_id import RequestIdMiddleware
@@ -18,6 +19,7 @@ from app.api.routes import admin, chat, health, stream
 from app.errors import ConfigError, install_error_handlers
 from app.janitor import Janitor
 from app.llm.pool import ModelPool
+from app.observability.metrics import Metrics
 from app.persistence.backend import open_backend
 from app.state import AppState
 from app.streaming.hub import StreamHub
@@ -51,28 +53,31 @@ async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
     tools = ToolRegistry(build_builtin_tools())
     file_tenants = load_tenants_file(settings.tenants_file, tools.names())
     tenants = TenantRegistry({})
+    metrics = Metrics()
     models = ModelPool(settings)
     stack.push_async_callback(models.aclose)
-    backend = await stack.enter_async_context(open_backend(settings))
+    backend = await stack.enter_async_context(open_backend(settings, metrics))
     tenant_store = backend.tenant_store(tenants, tools.names(), settings)
     await tenant_store.load(file_tenants)
-    agent_factory = AgentFactory(build_agent_graph(backend.checkpointer), models, tools, settings)
+    agent_factory = AgentFactory(build_agent_graph(backend.checkpointer), models, tools, settings,
+                                 McpToolLoader(settings.mcp_timeout_s, metrics))
     agents = AgentCache(
         agent_factory.build,
         max_entries=settings.agent_cache_max_entries,
         max_bytes=settings.agent_cache_max_bytes,
         ttl_s=settings.agent_cache_ttl_s,
         retry_s=settings.mcp_retry_s,
+        metrics=metrics,
     )
     tenant_store.on_change(agents.invalidate)
     await tenant_store.start()
     stack.push_async_callback(tenant_store.stop)
     for _, config in tenants.items():  # first requests should not pay for client setup
         models.get(config.model or settings.default_model)
-    streams = StreamHub(settings)
+    streams = StreamHub(settings, metrics=metrics)
     # Registered after the backend: on exit, running turns finish before it closes.
     stack.push_async_callback(streams.aclose, settings.shutdown_grace_s)
-    janitor = Janitor(settings.janitor_interval_s)
+    janitor = Janitor(settings.janitor_interval_s, metrics)
     janitor.add("streams", streams.sweep)
     janitor.add("stuck_sends", streams.cut_stuck_sends, settings.stream_send_timeout_s)
     janitor.add("agent_cache", agents.sweep)
@@ -85,9 +90,10 @@ async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
         backend=backend,
         agent_factory=agent_factory,
         agents=agents,
-        runner=TurnRunner(agent_factory.graph, backend, settings),
+        runner=TurnRunner(agent_factory.graph, backend, settings, metrics),
         streams=streams,
         janitor=janitor,
+        metrics=metrics,
     )
     if not state.auth_enabled and not settings.binds_loopback:
         if not settings.allow_public_without_auth:

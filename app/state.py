@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from app.agents.cache import AgentCache
 from app.agents.factory import AgentFactory
 from app.janitor import Janitor
+from app.observability.metrics import Metrics
 from app.persistence.base import Backend
 from app.streaming.hub import StreamHub
 from app.tenants.registry import TenantRegistry
@@ -26,6 +27,7 @@ class AppState:
     runner: TurnRunner
     streams: StreamHub
     janitor: Janitor
+    metrics: Metrics
     #: one plain sentence per embedded default in force (startup log and /health/ready)
     defaults: list[str] = field(default_factory=list)
 

@@ -17,14 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.agents.graph import TenantAgent
-from app.observability.metrics import (
-    AGENT_BUILD_SECONDS,
-    AGENT_CACHE_BYTES,
-    AGENT_CACHE_ENTRIES,
-    AGENT_CACHE_EVICTIONS,
-    AGENT_CACHE_HITS,
-    AGENT_CACHE_MISSES,
-)
+from app.observability.metrics import Metrics
 from app.tenants.registry import TenantConfig
 
 # What one entry holds, measured by bench/tenant_memory.py: the cache entry, TenantAgent,
@@ -70,8 +63,12 @@ class AgentCache:
         ttl_s: float,
         retry_s: float,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self._builder = builder
+        # Its counts below are the only ones: Prometheus reads them when it scrapes.
+        self._metrics = metrics or Metrics()
+        self._metrics.watch_agent_cache(self)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
@@ -97,12 +94,10 @@ class AgentCache:
                 entry.last_used = now
                 self._entries.move_to_end(tenant_id)
                 self.hits += 1
-                AGENT_CACHE_HITS.inc()
                 return entry.built.agent
             if not fresh:
                 self._evict(tenant_id, "invalidated" if entry.config is not config else "ttl")
         self.misses += 1
-        AGENT_CACHE_MISSES.inc()
         building = self._building.get(tenant_id)
         if building is not None and building[0] is config:
             return (await asyncio.shield(building[1])).agent
@@ -119,7 +114,7 @@ class AgentCache:
         finally:
             if self._building.get(tenant_id, (None, None))[1] is future:
                 del self._building[tenant_id]
-        AGENT_BUILD_SECONDS.observe(time.perf_counter() - started)
+        self._metrics.agent_build_seconds.observe(time.perf_counter() - started)
         future.set_result(built)
         self._insert(tenant_id, config, built)
         return built.agent
@@ -138,7 +133,6 @@ class AgentCache:
             self._evict(next(iter(self._entries)), "lru")
         while self.bytes > self.max_bytes and len(self._entries) > 1:
             self._evict(next(iter(self._entries)), "budget")
-        self._publish()
 
     def _evict(self, tenant_id: str, reason: str) -> None:
         entry = self._entries.pop(tenant_id, None)
@@ -146,12 +140,6 @@ class AgentCache:
             return
         self.bytes -= entry.size
         self.evictions[reason] = self.evictions.get(reason, 0) + 1
-        AGENT_CACHE_EVICTIONS.labels(reason).inc()
-        self._publish()
-
-    def _publish(self) -> None:
-        AGENT_CACHE_ENTRIES.set(len(self._entries))
-        AGENT_CACHE_BYTES.set(self.bytes)
 
     def invalidate(self, tenant_id: str) -> None:
         """The tenant's config changed or it is gone: drop its agent now."""

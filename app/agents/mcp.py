@@ -15,7 +15,7 @@ from typing import Any
 from langchain_core.tools import BaseTool
 from langchain_mcp_adapters.client import MultiServerMCPClient
 
-from app.observability.metrics import MCP_FAILURES
+from app.observability.metrics import Metrics
 from app.tenants.registry import McpServerConfig
 
 logger = logging.getLogger(__name__)
@@ -28,8 +28,9 @@ class McpTools:
 
 
 class McpToolLoader:
-    def __init__(self, timeout_s: float) -> None:
+    def __init__(self, timeout_s: float, metrics: Metrics | None = None) -> None:
         self.timeout_s = timeout_s
+        self._metrics = metrics or Metrics()
 
     async def _load_one(self, tenant_id: str, server: McpServerConfig) -> list[BaseTool]:
         connection: Any = {"url": server.url, "transport": server.transport,
@@ -51,7 +52,7 @@ class McpToolLoader:
                 if isinstance(result, asyncio.CancelledError):
                     raise result
                 failed.append(server.name)
-                MCP_FAILURES.inc()
+                self._metrics.mcp_failures.inc()
                 logger.warning("tenant %s: MCP server %s at %s unusable, running without its "
                                "tools: %r", tenant_id, server.name, server.url, result)
             else:

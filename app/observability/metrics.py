@@ -1,64 +1,114 @@
-"""Prometheus metric definitions (module level by design: definitions only, no state)."""
+"""``Metrics``: every Prometheus metric of one app, in that app's own registry.
+
+Built in the lifespan and handed to what records (no process-global registry: two apps
+in one process, as in the tests, never mix their counts). The agent cache keeps its own
+counts and is read at scrape time (``AgentCacheCollector``), so there is one source of
+truth for them.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from collections.abc import Iterator
+from typing import Any, Protocol
 
-TURNS = Counter(
-    "agenthost_turns_total", "Chat turns by outcome (ok or an error code).", ["outcome"]
-)
-TURN_SECONDS = Histogram(
-    "agenthost_turn_seconds",
-    "Wall time of a chat turn, model and tools included.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
-)
-PERSIST_SECONDS = Histogram(
-    "agenthost_persistence_cleanup_seconds",
-    "Time spent dropping superseded checkpoints after a turn.",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
-STREAMS_ACTIVE = Gauge("agenthost_streams_active", "Live SSE streams in this worker.")
-STREAM_EVENTS = Counter(
-    "agenthost_stream_events_total", "SSE events queued for clients, by event type.", ["event"]
-)
-# Children looked up once: ``labels()`` per streamed token was ~2 % of a busy worker.
-STREAM_EVENT_COUNTS = {name: STREAM_EVENTS.labels(name)
-                       for name in ("token", "tool", "message", "done", "error")}
-STREAMS_ENDED = Counter(
-    "agenthost_streams_ended_total",
-    "Streams ended, by reason (done, error, slow_consumer, disconnected, expired, cancelled).",
-    ["reason"],
-)
-STREAM_CLIENTS_CUT = Counter(
-    "agenthost_stream_clients_cut_total",
-    "Stream connections closed because the client's socket took nothing for 3 send timeouts.",
-)
-STREAMS_REJECTED = Counter(
-    "agenthost_streams_rejected_total", "Streams refused with 429, by cap.", ["cap"]
-)
-STREAM_QUEUE_HIGH_WATER = Gauge(
-    "agenthost_stream_queue_high_water", "Deepest any stream queue has been in this worker."
-)
-JANITOR_REMOVED = Counter(
-    "agenthost_janitor_removed_total", "Items the janitor cleaned up, by sweep.", ["sweep"]
-)
+STREAM_EVENT_TYPES = ("token", "tool", "message", "done", "error")
 
-AGENT_CACHE_ENTRIES = Gauge("agenthost_agent_cache_entries", "Tenant agents cached.")
-AGENT_CACHE_BYTES = Gauge(
-    "agenthost_agent_cache_estimated_bytes", "Estimated bytes held by cached tenant agents."
-)
-AGENT_CACHE_HITS = Counter("agenthost_agent_cache_hits_total", "Agent cache hits.")
-AGENT_CACHE_MISSES = Counter("agenthost_agent_cache_misses_total", "Agent cache misses.")
-AGENT_CACHE_EVICTIONS = Counter(
-    "agenthost_agent_cache_evictions_total",
-    "Agents dropped from the cache, by reason (lru, budget, ttl, invalidated).",
-    ["reason"],
-)
-AGENT_BUILD_SECONDS = Histogram(
-    "agenthost_agent_build_seconds", "Time to build a tenant's agent (MCP listing included).",
-    buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30),
-)
-MCP_FAILURES = Counter(
-    "agenthost_mcp_failures_total", "MCP servers that could not be used when building an agent."
-)
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.turns = Counter(
+            "agenthost_turns_total", "Chat turns by outcome (ok or an error code).",
+            ["outcome"], registry=r)
+        self.turn_seconds = Histogram(
+            "agenthost_turn_seconds", "Wall time of a chat turn, model and tools included.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r)
+        self.persist_seconds = Histogram(
+            "agenthost_persistence_cleanup_seconds",
+            "Time spent dropping superseded checkpoints after a turn.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+            registry=r)
+        self.streams_active = Gauge(
+            "agenthost_streams_active", "Live SSE streams in this worker.", registry=r)
+        self.stream_events = Counter(
+            "agenthost_stream_events_total", "SSE events queued for clients, by event type.",
+            ["event"], registry=r)
+        # Children looked up once: ``labels()`` per streamed token was ~2 % of a busy worker.
+        self.stream_event_counts = {name: self.stream_events.labels(name)
+                                    for name in STREAM_EVENT_TYPES}
+        self.streams_ended = Counter(
+            "agenthost_streams_ended_total",
+            "Streams ended, by reason (done, error, slow_consumer, disconnected, expired, "
+            "cancelled).", ["reason"], registry=r)
+        self.stream_clients_cut = Counter(
+            "agenthost_stream_clients_cut_total",
+            "Stream connections closed because the client's socket took nothing for 3 send "
+            "timeouts.", registry=r)
+        self.streams_rejected = Counter(
+            "agenthost_streams_rejected_total", "Streams refused with 429, by cap.", ["cap"],
+            registry=r)
+        self.stream_queue_high_water = Gauge(
+            "agenthost_stream_queue_high_water",
+            "Deepest any stream queue has been in this worker.", registry=r)
+        self.janitor_removed = Counter(
+            "agenthost_janitor_removed_total", "Items the janitor cleaned up, by sweep.",
+            ["sweep"], registry=r)
+        self.agent_build_seconds = Histogram(
+            "agenthost_agent_build_seconds",
+            "Time to build a tenant's agent (MCP listing included).",
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30), registry=r)
+        self.mcp_failures = Counter(
+            "agenthost_mcp_failures_total",
+            "MCP servers that could not be used when building an agent.", registry=r)
+
+    def watch_agent_cache(self, cache: CacheStats) -> None:
+        self.registry.register(AgentCacheCollector(cache))
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class CacheStats(Protocol):
+    """What the agent cache counts itself (app/agents/cache.py)."""
+
+    hits: int
+    misses: int
+    bytes: int
+    evictions: dict[str, int]
+
+    def __len__(self) -> int: ...
+
+
+class AgentCacheCollector(Collector):
+    """The agent cache's own counts, read when Prometheus scrapes."""
+
+    def __init__(self, cache: CacheStats) -> None:
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        cache = self._cache
+        yield GaugeMetricFamily("agenthost_agent_cache_entries", "Tenant agents cached.",
+                                value=len(cache))
+        yield GaugeMetricFamily("agenthost_agent_cache_estimated_bytes",
+                                "Estimated bytes held by cached tenant agents.",
+                                value=cache.bytes)
+        yield CounterMetricFamily("agenthost_agent_cache_hits", "Agent cache hits.",
+                                  value=cache.hits)
+        yield CounterMetricFamily("agenthost_agent_cache_misses", "Agent cache misses.",
+                                  value=cache.misses)
+        evictions = CounterMetricFamily(
+            "agenthost_agent_cache_evictions",
+            "Agents dropped from the cache, by reason (lru, budget, ttl, invalidated).",
+            labels=["reason"])
+        for reason, count in sorted(cache.evictions.items()):
+            evictions.add_metric([reason], count)
+        yield evictions
+
+    def describe(self) -> list[Any]:
+        return []  # collected fresh on every scrape; nothing to describe up front

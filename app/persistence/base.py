@@ -20,7 +20,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from app.errors import StorageUnavailable
-from app.observability.metrics import PERSIST_SECONDS
+from app.observability.metrics import Metrics
 from app.tenants.registry import TenantRegistry
 from app.tenants.store import TenantStore
 from config.settings import Settings
@@ -63,9 +63,11 @@ class Backend:
     #: exceptions that mean the backend is unreachable (answered with 503)
     unavailable_errors: tuple[type[BaseException], ...] = ()
 
-    def __init__(self, checkpointer: BaseCheckpointSaver[Any], description: str) -> None:
+    def __init__(self, checkpointer: BaseCheckpointSaver[Any], description: str,
+                 metrics: Metrics | None = None) -> None:
         self.checkpointer = checkpointer
         self.description = description
+        self.metrics = metrics or Metrics()
 
     @asynccontextmanager
     async def guard(self) -> AsyncIterator[None]:
@@ -127,7 +129,7 @@ class Backend:
         except self.unavailable_errors as exc:
             logger.warning("dropping old checkpoints of %s failed: %r", key, exc)
             await self.recover()
-        PERSIST_SECONDS.observe(time.perf_counter() - started)
+        self.metrics.persist_seconds.observe(time.perf_counter() - started)
 
     async def _undo(self, graph: TurnGraph, key: str, human_id: str) -> None:
         """Undo a failed turn: LangGraph saves what it had on exit, even on error.

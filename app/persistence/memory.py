@@ -27,6 +27,7 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
 )
 
+from app.observability.metrics import Metrics
 from app.persistence.base import Backend, Sweep
 
 Typed = tuple[str, bytes]
@@ -263,11 +264,12 @@ class BoundedMemorySaver(BaseCheckpointSaver[int]):
 
 
 class MemoryBackend(Backend):
-    def __init__(self, saver: BoundedMemorySaver) -> None:
+    def __init__(self, saver: BoundedMemorySaver, metrics: Metrics | None = None) -> None:
         super().__init__(
             saver,
             f"bounded in-memory (max {saver.max_threads} threads, TTL {saver.ttl_s:g}s; "
             "REDIS_URL not set)",
+            metrics,
         )
         self.checkpointer: BoundedMemorySaver = saver
 

@@ -27,6 +27,7 @@ from redisvl.exceptions import RedisVLError
 
 from app.clean_context import in_fresh_context
 from app.errors import ConfigError
+from app.observability.metrics import Metrics
 from app.persistence.base import Backend
 from app.tenants.registry import TenantRegistry
 from app.tenants.store import RedisTenantStore, TenantStore
@@ -151,8 +152,8 @@ class RedisBackend(Backend):
     unavailable_errors = (RedisError, RedisVLError, OSError)
 
     def __init__(self, saver: AsyncRedisSaver, client: Redis, where: str, ttl_s: int,
-                 timeout_s: float) -> None:
-        super().__init__(saver, f"Redis at {where} (TTL {ttl_s}s)")
+                 timeout_s: float, metrics: Metrics | None = None) -> None:
+        super().__init__(saver, f"Redis at {where} (TTL {ttl_s}s)", metrics)
         self.checkpointer: AsyncRedisSaver = saver
         self.client = client
         self._timeout_s = timeout_s
@@ -160,7 +161,8 @@ class RedisBackend(Backend):
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, settings: Settings) -> AsyncIterator[RedisBackend]:
+    async def open(cls, settings: Settings,
+                   metrics: Metrics | None = None) -> AsyncIterator[RedisBackend]:
         assert settings.redis_url is not None
         url = settings.redis_url.get_secret_value()
         where = redact_url(url)
@@ -194,7 +196,8 @@ class RedisBackend(Backend):
                 await saver.asetup()
             except (RedisError, OSError) as exc:
                 raise ConfigError(f"cannot use Redis at {where}: {exc}") from exc
-            yield cls(saver, client, where, settings.history_ttl_s, settings.redis_timeout_s)
+            yield cls(saver, client, where, settings.history_ttl_s, settings.redis_timeout_s,
+                      metrics)
         finally:
             await client.aclose()
             await pool.disconnect()

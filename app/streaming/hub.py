@@ -19,15 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import TooManyStreams
-from app.observability.metrics import (
-    STREAM_CLIENTS_CUT,
-    STREAM_EVENT_COUNTS,
-    STREAM_EVENTS,
-    STREAM_QUEUE_HIGH_WATER,
-    STREAMS_ACTIVE,
-    STREAMS_ENDED,
-    STREAMS_REJECTED,
-)
+from app.observability.metrics import Metrics
 from app.streaming import events
 from app.streaming.events import StreamEvent
 from config.settings import Settings
@@ -42,12 +34,13 @@ SEND_CUTOFF_FACTOR = 3
 class QueueWatermark:
     """The deepest any stream queue of one hub has been."""
 
+    metrics: Metrics
     high: int = 0
 
     def record(self, depth: int) -> None:
         if depth > self.high:
             self.high = depth
-            STREAM_QUEUE_HIGH_WATER.set(depth)
+            self.metrics.stream_queue_high_water.set(depth)
 
 
 @dataclass(eq=False)
@@ -60,6 +53,7 @@ class LiveStream:
     send_timeout_s: float
     clock: Callable[[], float]
     watermark: QueueWatermark
+    metrics: Metrics
     last_event: float = 0.0
     ended: str | None = None  # why the client will get no more events
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -83,8 +77,8 @@ class LiveStream:
                     "stored, read it from the thread's history"))
                 return
         self.last_event = self.clock()
-        counter = STREAM_EVENT_COUNTS.get(event.event)
-        (counter or STREAM_EVENTS.labels(event.event)).inc()
+        counter = self.metrics.stream_event_counts.get(event.event)
+        (counter or self.metrics.stream_events.labels(event.event)).inc()
         self.watermark.record(self.queue.qsize())
         if event.final:
             self.end("done" if event.event == "done" else "error")
@@ -94,7 +88,7 @@ class LiveStream:
         if self.ended is not None:
             return
         self.ended = reason
-        STREAMS_ENDED.labels(reason).inc()
+        self.metrics.streams_ended.labels(reason).inc()
         if final is not None:
             while not self.queue.empty():
                 self.queue.get_nowait()
@@ -109,14 +103,16 @@ class LiveStream:
 
 
 class StreamHub:
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic,
+                 metrics: Metrics | None = None) -> None:
         self._settings = settings
+        self.metrics = metrics or Metrics()
         self._clock = clock
         self._ids = itertools.count(1)
         self._streams: dict[int, LiveStream] = {}
         self._consumers: dict[int, LiveStream] = {}  # streams a client is reading
         self._per_tenant: dict[str, int] = {}
-        self.watermark = QueueWatermark()
+        self.watermark = QueueWatermark(self.metrics)
         self.send_cutoff_s = SEND_CUTOFF_FACTOR * settings.stream_send_timeout_s
 
     def __len__(self) -> int:
@@ -126,11 +122,11 @@ class StreamHub:
         settings = self._settings
         retry = {"Retry-After": str(settings.stream_retry_after_s)}
         if len(self._streams) >= settings.stream_max_per_worker:
-            STREAMS_REJECTED.labels("worker").inc()
+            self.metrics.streams_rejected.labels("worker").inc()
             raise TooManyStreams("this worker has too many live streams; retry shortly",
                                  headers=retry)
         if self._per_tenant.get(tenant_id, 0) >= settings.stream_max_per_tenant:
-            STREAMS_REJECTED.labels("tenant").inc()
+            self.metrics.streams_rejected.labels("tenant").inc()
             raise TooManyStreams("this tenant has too many live streams; retry shortly",
                                  headers=retry)
         now = self._clock()
@@ -138,11 +134,11 @@ class StreamHub:
             stream_id=next(self._ids), tenant_id=tenant_id, thread_id=thread_id, started=now,
             last_event=now, queue=asyncio.Queue(settings.stream_queue_size),
             send_timeout_s=settings.stream_send_timeout_s, clock=self._clock,
-            watermark=self.watermark,
+            watermark=self.watermark, metrics=self.metrics,
         )
         self._streams[stream.stream_id] = stream
         self._per_tenant[tenant_id] = self._per_tenant.get(tenant_id, 0) + 1
-        STREAMS_ACTIVE.set(len(self._streams))
+        self.metrics.streams_active.set(len(self._streams))
         return stream
 
     def start(self, stream: LiveStream, producer: Coroutine[Any, Any, None]) -> None:
@@ -174,7 +170,7 @@ class StreamHub:
             del self._per_tenant[stream.tenant_id]
         if stream.task is not None and stream.task.cancelled() and stream.ended is None:
             stream.end("cancelled", events.error("cancelled", "the turn was cancelled"))
-        STREAMS_ACTIVE.set(len(self._streams))
+        self.metrics.streams_active.set(len(self._streams))
 
     def sweep(self) -> int:
         """End streams older than the maximum age (the janitor calls this)."""
@@ -210,7 +206,7 @@ class StreamHub:
                 task.cancel()
             cut += 1
         if cut:
-            STREAM_CLIENTS_CUT.inc(cut)
+            self.metrics.stream_clients_cut.inc(cut)
         return cut
 
     def stats(self) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from app.errors import (
     UpstreamError,
 )
 from app.llm.errors import UPSTREAM_ERRORS, upstream_error
-from app.observability.metrics import TURN_SECONDS, TURNS
+from app.observability.metrics import Metrics
 from app.persistence.base import Backend, thread_config
 from app.turns.events import OnEvent, Replied, Token, tool_events
 from config.settings import Settings
@@ -64,7 +64,9 @@ def sum_usage(messages: list[BaseMessage]) -> dict[str, int]:
 
 
 class TurnRunner:
-    def __init__(self, graph: AgentGraph, backend: Backend, settings: Settings) -> None:
+    def __init__(self, graph: AgentGraph, backend: Backend, settings: Settings,
+                 metrics: Metrics | None = None) -> None:
+        self._metrics = metrics or Metrics()
         self._graph = graph
         self._backend = backend
         self._timeout_s = settings.turn_timeout_s
@@ -108,8 +110,8 @@ class TurnRunner:
             outcome = error.code
             raise error from exc
         finally:
-            TURNS.labels(outcome).inc()
-            TURN_SECONDS.observe(time.perf_counter() - started)
+            self._metrics.turns.labels(outcome).inc()
+            self._metrics.turn_seconds.observe(time.perf_counter() - started)
 
     def _config(self, key: str) -> RunnableConfig:
         return {**thread_config(key), "recursion_limit": self._recursion_limit}
