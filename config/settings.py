@@ -186,6 +186,10 @@ class Settings(BaseSettings):
     stream_send_timeout_s: float = Field(
         10.0, gt=0, description="A stream whose queue stays full this long ends slow_consumer."
     )
+    stream_send_cutoff_s: float = Field(
+        30.0, gt=0, description="A client whose socket takes nothing this long is "
+        "disconnected (checked every third of it).",
+    )
     stream_heartbeat_s: float = Field(
         15.0, gt=0, description="Seconds between ': ping' comments on an idle stream."
     )

@@ -26,8 +26,8 @@ from config.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# A client whose socket accepts nothing for this many send timeouts is cut off.
-SEND_CUTOFF_FACTOR = 3
+# The janitor checks for stuck sends this many times per cutoff.
+CUTOFF_CHECKS = 3
 
 
 @dataclass
@@ -113,7 +113,7 @@ class StreamHub:
         self._consumers: dict[int, LiveStream] = {}  # streams a client is reading
         self._per_tenant: dict[str, int] = {}
         self.watermark = QueueWatermark(self.metrics)
-        self.send_cutoff_s = SEND_CUTOFF_FACTOR * settings.stream_send_timeout_s
+        self.send_cutoff_s = settings.stream_send_cutoff_s
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -171,6 +171,11 @@ class StreamHub:
         if stream.task is not None and stream.task.cancelled() and stream.ended is None:
             stream.end("cancelled", events.error("cancelled", "the turn was cancelled"))
         self.metrics.streams_active.set(len(self._streams))
+
+    def sweeps(self) -> list[tuple[str, Callable[[], int], float | None]]:
+        """The janitor's sweeps for streams: (name, sweep, its own interval or None)."""
+        return [("streams", self.sweep, None),
+                ("stuck_sends", self.cut_stuck_sends, self.send_cutoff_s / CUTOFF_CHECKS)]
 
     def sweep(self) -> int:
         """End streams older than the maximum age (the janitor calls this)."""

@@ -124,7 +124,7 @@ async def test_queued_events_are_taken_together_up_to_the_final_one() -> None:
 
 async def test_a_send_pending_past_the_cutoff_is_cancelled_once() -> None:
     clock = FakeClock()
-    streams = hub(clock, stream_send_timeout_s=2)
+    streams = hub(clock, stream_send_cutoff_s=6)
     assert streams.send_cutoff_s == 6
     stream = streams.open("a", "t")
     streams.attach(stream)
