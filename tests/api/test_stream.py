@@ -76,15 +76,23 @@ def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyp
 async def test_tokens_arrive_as_the_model_produces_them(
     app: ManagedProcess, mock_llm: MockLLM
 ) -> None:
-    mock_llm.control(token_delay_ms=50)
-    async with httpx.AsyncClient(base_url=base(app), timeout=30) as client:
-        items = await collect(client, "first-token", "[[tokens:20]]")
-    evs = [i for i in items if isinstance(i, Event)]
+    # The mock holds the reply after its first token until released: the client must see
+    # that token while the model is still producing (no buffering anywhere between).
+    evs: list[Event] = []
+    async with httpx.AsyncClient(base_url=base(app), timeout=30) as client, client.stream(
+        "POST", PATH.format(thread="first-token"),
+        json={"message": "[[tokens:20]] [[gate:first-token]]"},
+    ) as response:
+        assert response.status_code == 200
+        async for item in read_sse(response):
+            if not isinstance(item, Event):
+                continue
+            evs.append(item)
+            if len(evs) == 1:
+                assert item.event == "token" and item.json["text"].startswith("tok0")
+                mock_llm.control(release="first-token")
     assert [e.event for e in evs] == ["token"] * 20 + ["message", "done"]
     assert [int(e.id or 0) for e in evs] == list(range(1, 23))
-    first_token, done = evs[0].received_at, evs[-1].received_at
-    # 19 more tokens follow the first at 50 ms each: the first came long before the end
-    assert done - first_token >= 0.5
     assert "".join(e.json["text"] for e in evs[:20]) == evs[20].json["content"]
     assert evs[-1].json["usage"]["total_tokens"] > 0
 

@@ -13,6 +13,8 @@ is N tokens instead (for load tests). Triggers inside the last user message:
   ``data: {"error": ...}`` event.
 - ``[[flaky:N]]`` answers 503 (``retry-after-ms: 10``) to the first N requests with that
   same last user message, then normally: for retries.
+- ``[[gate:NAME]]`` holds a streamed reply after its first token until ``POST /_control``
+  with ``{"release": "NAME"}`` (at most 30 s): a test sees what arrives meanwhile.
 - ``[[tokens:N]]`` replies with N tokens (``[[tokensize:B]]`` pads each to B bytes);
   ``[[slow:MS]]`` waits MS ms between tokens.
 
@@ -46,6 +48,8 @@ _TOKENS_RE = re.compile(r"\[\[tokens:(\d+)\]\]")
 _SLOW_RE = re.compile(r"\[\[slow:(\d+)\]\]")
 _TOKEN_SIZE_RE = re.compile(r"\[\[tokensize:(\d+)\]\]")
 _FLAKY_RE = re.compile(r"\[\[flaky:(\d+)\]\]")
+_GATE_RE = re.compile(r"\[\[gate:([\w-]+)\]\]")
+GATE_MAX_S = 30.0
 FLAKY_MEMORY = 1000
 
 
@@ -69,6 +73,7 @@ class MockOpenAI:
     def __init__(self, behaviour: Behaviour) -> None:
         self.behaviour = behaviour
         self.requests: deque[dict[str, Any]] = deque(maxlen=200)
+        self.gates: dict[str, asyncio.Event] = {}
         self.count = 0
         self.flaky_seen: dict[str, int] = {}
         self.app = Starlette(routes=[
@@ -81,6 +86,12 @@ class MockOpenAI:
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
 
+    def _gate(self, name: str) -> asyncio.Event:
+        gate = self.gates.get(name)
+        if gate is None:
+            gate = self.gates[name] = asyncio.Event()
+        return gate
+
     async def control(self, request: Request) -> Response:
         body = await request.json()
         for name, value in body.items():
@@ -89,6 +100,8 @@ class MockOpenAI:
         if body.get("reset_requests"):
             self.requests.clear()
             self.count = 0
+        if body.get("release"):
+            self._gate(str(body["release"])).set()
         return JSONResponse(asdict(self.behaviour))
 
     async def list_requests(self, request: Request) -> Response:
@@ -185,11 +198,14 @@ class MockOpenAI:
                              "finish_reason": "tool_calls" if calls else "stop"}],
                 "usage": usage,
             })
-        slow = _SLOW_RE.search(_text(messages[-1].get("content")) if messages else "")
+        last_text = _text(messages[-1].get("content")) if messages else ""
+        gate = _GATE_RE.search(last_text)
+        slow = _SLOW_RE.search(last_text)
         delay = (int(slow.group(1)) if slow else self.behaviour.token_delay_ms) / 1000
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         return StreamingResponse(
-            self._stream(model, text, calls, usage if include_usage else None, delay, mode),
+            self._stream(model, text, calls, usage if include_usage else None, delay, mode,
+                         self._gate(gate.group(1)) if gate else None),
             media_type="text/event-stream",
         )
 
@@ -201,6 +217,7 @@ class MockOpenAI:
         usage: dict[str, int] | None,
         delay: float,
         mode: str,
+        gate: asyncio.Event | None = None,
     ) -> AsyncIterator[bytes]:
         chunk_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
         created = int(time.time())
@@ -229,6 +246,8 @@ class MockOpenAI:
                     yield b"data: " + json.dumps(error).encode() + b"\n\n"
                     return
                 yield chunk({"content": word})
+                if gate is not None and index == 0:
+                    await asyncio.wait_for(gate.wait(), GATE_MAX_S)
         yield chunk({}, "tool_calls" if calls else "stop")
         if usage is not None:
             payload = {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
