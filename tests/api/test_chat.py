@@ -1,4 +1,7 @@
-"""The chat API in-process (ASGI), with the offline model or the real mock OpenAI server."""
+"""The chat API in-process (ASGI), with the offline model or the real mock OpenAI server.
+
+Tests of what is stored run on both backends (``storage``): bounded in-memory, and the
+real Redis 8."""
 
 from __future__ import annotations
 
@@ -16,6 +19,17 @@ from tests.conftest import (
 BASE = "/v1/tenants/{tenant}/threads/{thread}"
 
 
+Storage = dict[str, object]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def storage(request: pytest.FixtureRequest) -> Storage:
+    """Settings for a backend: none for the in-memory one, a flushed Redis for the other."""
+    if request.param == "redis":
+        return {"redis_url": request.getfixturevalue("redis_url")}
+    return {}
+
+
 def url(tenant: str = "demo", thread: str = "t1", suffix: str = "/messages") -> str:
     return BASE.format(tenant=tenant, thread=thread) + suffix
 
@@ -27,8 +41,10 @@ def assert_error(response, status: int, code: str) -> None:  # type: ignore[no-u
     assert body["error"]["message"]
 
 
-async def test_offline_conversation_remembers_and_forgets(make_settings: SettingsFactory) -> None:
-    async with app_client(make_settings()) as client:
+async def test_offline_conversation_remembers_and_forgets(
+    make_settings: SettingsFactory, storage: Storage,
+) -> None:
+    async with app_client(make_settings(**storage)) as client:
         first = await client.post(url(), json={"message": "hi there"})
         assert first.status_code == 200, first.text
         body = first.json()
@@ -53,8 +69,10 @@ async def test_offline_conversation_remembers_and_forgets(make_settings: Setting
         assert "turn 1" in fresh["reply"]["content"]
 
 
-async def test_tool_calls_show_in_history(make_settings: SettingsFactory) -> None:
-    async with app_client(make_settings()) as client:
+async def test_tool_calls_show_in_history(
+    make_settings: SettingsFactory, storage: Storage,
+) -> None:
+    async with app_client(make_settings(**storage)) as client:
         reply = (await client.post(url(), json={"message": "what time is it"})).json()
         assert reply["reply"]["content"].startswith("The current_time tool says: 20")
         history = (await client.get(url())).json()["messages"]
@@ -92,9 +110,10 @@ async def test_malformed_json_is_422(make_settings: SettingsFactory) -> None:
 
 
 async def test_oversized_messages_are_413_and_nothing_is_stored(
-    make_settings: SettingsFactory,
+    make_settings: SettingsFactory, storage: Storage,
 ) -> None:
-    async with app_client(make_settings(max_message_bytes=1000, max_body_bytes=4096)) as client:
+    settings = make_settings(max_message_bytes=1000, max_body_bytes=4096, **storage)
+    async with app_client(settings) as client:
         ok = await client.post(url(), json={"message": "é" * 500})  # 1000 bytes exactly
         assert ok.status_code == 200
         assert_error(await client.post(url(), json={"message": "é" * 501}), 413,
@@ -149,9 +168,9 @@ async def test_keys_act_on_their_own_tenant_only(make_settings: SettingsFactory)
 
 
 async def test_same_thread_id_in_two_tenants_is_two_threads(
-    make_settings: SettingsFactory,
+    make_settings: SettingsFactory, storage: Storage,
 ) -> None:
-    async with app_client(make_settings()) as client:
+    async with app_client(make_settings(**storage)) as client:
         await client.post(url("demo", "shared"), json={"message": "for demo"})
         await client.post(url("shorty", "shared"), json={"message": "for shorty"})
         demo = (await client.get(url("demo", "shared"))).json()["messages"]
@@ -190,10 +209,10 @@ async def test_openai_upstream_gets_tenant_model_temperature_and_window(
 
 
 async def test_upstream_failures_are_bounded_and_store_nothing(
-    make_settings: SettingsFactory, mock_llm: MockLLM,
+    make_settings: SettingsFactory, mock_llm: MockLLM, storage: Storage,
 ) -> None:
     settings = make_settings(openai_api_key="sk-test", openai_base_url=mock_llm.base_url,
-                             llm_max_retries=1, llm_timeout_s=1.0)
+                             llm_max_retries=1, llm_timeout_s=1.0, **storage)
     async with app_client(settings) as client:
         assert (await client.post(url(), json={"message": "first"})).status_code == 200
         before = mock_llm.count()
@@ -239,11 +258,12 @@ async def test_unreachable_upstream_is_502_and_not_ready(make_settings: Settings
 
 
 async def test_concurrent_turns_on_one_thread_are_serialized(
-    make_settings: SettingsFactory, mock_llm: MockLLM,
+    make_settings: SettingsFactory, mock_llm: MockLLM, storage: Storage,
 ) -> None:
     import asyncio
 
-    settings = make_settings(openai_api_key="sk-test", openai_base_url=mock_llm.base_url)
+    settings = make_settings(openai_api_key="sk-test", openai_base_url=mock_llm.base_url,
+                             **storage)
     mock_llm.control(latency_ms=30)
     async with app_client(settings) as client:
         results = await asyncio.gather(*(
@@ -251,6 +271,13 @@ async def test_concurrent_turns_on_one_thread_are_serialized(
         ))
         assert all(r.status_code == 200 for r in results)
         history = (await client.get(url(thread="busy"))).json()["messages"]
-        assert sorted(m["content"] for m in history if m["role"] == "user") == [
-            f"m{i}" for i in range(8)
-        ]
+    # One turn at a time: user and assistant alternate, each reply answers the message
+    # before it and saw the whole thread so far (2 per earlier turn, the system prompt and
+    # its own message).
+    assert [m["role"] for m in history] == ["user", "assistant"] * 8
+    assert sorted(m["content"] for m in history if m["role"] == "user") == [
+        f"m{i}" for i in range(8)
+    ]
+    for turn, (asked, answer) in enumerate(zip(history[::2], history[1::2], strict=True)):
+        assert answer["content"] == (
+            f"mock reply to: {asked['content']} (saw {2 * turn + 2} messages)")
