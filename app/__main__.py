@@ -12,6 +12,8 @@ from app.main import create_app
 from app.observability.logging import configure_logging
 from config.settings import Settings
 
+SHUTDOWN_MARGIN_S = 5
+
 
 def main() -> int:
     try:
@@ -31,9 +33,11 @@ def main() -> int:
         port=settings.port,
         log_config=None,
         access_log=False,
-        # Requests in flight (JSON turns) get the same grace as detached stream turns,
-        # which the lifespan's shutdown waits for.
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        # Requests in flight (JSON turns, streams) get the grace to finish; a little more
+        # here, so streams still running then get their final event before uvicorn
+        # closes their connections. Turns whose client left get the grace again in the
+        # lifespan's shutdown.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + SHUTDOWN_MARGIN_S,
     )
     return 0
 

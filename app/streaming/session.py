@@ -34,16 +34,18 @@ Turn = Callable[[Callable[[TurnEvent], Awaitable[None]]], Awaitable[Any]]
 
 
 class StreamSession:
-    def __init__(self, hub: StreamHub, stream: LiveStream, heartbeat_s: float) -> None:
+    def __init__(self, hub: StreamHub, stream: LiveStream, heartbeat_s: float,
+                 shutdown_grace_s: float = 0.0) -> None:
         self._hub = hub
         self.stream = stream
         self._heartbeat_s = heartbeat_s
+        self._shutdown_grace_s = shutdown_grace_s
 
     @classmethod
-    def open(cls, hub: StreamHub, tenant_id: str, thread_id: str,
-             heartbeat_s: float) -> StreamSession:
+    def open(cls, hub: StreamHub, tenant_id: str, thread_id: str, heartbeat_s: float,
+             shutdown_grace_s: float = 0.0) -> StreamSession:
         """A new stream; ``TooManyStreams`` (429) when a cap is reached."""
-        return cls(hub, hub.open(tenant_id, thread_id), heartbeat_s)
+        return cls(hub, hub.open(tenant_id, thread_id), heartbeat_s, shutdown_grace_s)
 
     def start(self, turn: Turn) -> StreamResponse:
         """Run ``turn`` behind the stream; the response reads what it reports."""
@@ -54,6 +56,9 @@ class StreamSession:
             headers=STREAM_HEADERS,
             ping=self._heartbeat_s,
             ping_message_factory=events.ping,
+            # On SIGTERM sse-starlette ends every stream at once; a running turn gets the
+            # grace to finish and send its reply first (tests/test_shutdown.py).
+            shutdown_grace_period=self._shutdown_grace_s,
         )
 
     def on_event(self, event: TurnEvent) -> Awaitable[None]:

@@ -22,7 +22,8 @@ async def stream_message(
 ) -> StreamResponse:
     text = checked_message(state, body)
     agent = await state.agents.get(tenant_id, config)
+    settings = state.settings
     session = StreamSession.open(state.streams, tenant_id, thread_id,
-                                 state.settings.stream_heartbeat_s)
+                                 settings.stream_heartbeat_s, settings.shutdown_grace_s)
     # The session calls it with its event callback as the last argument.
     return session.start(partial(state.runner.run, agent, thread_key(tenant_id, thread_id), text))
