@@ -41,7 +41,8 @@ async def test_sigterm_lets_running_turns_finish_and_store_then_exits(
 
             turns = asyncio.gather(json_turn(), streamed_turn())
             deadline = time.monotonic() + 20  # a safety net, not a measure
-            while mock_llm.count() < 2 and time.monotonic() < deadline:
+            # The mock is another process: polling its count is the only way to know.
+            while mock_llm.count() < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
             assert mock_llm.count() == 2
             app.signal(signal.SIGTERM)
@@ -60,10 +61,11 @@ async def test_sigterm_lets_running_turns_finish_and_store_then_exits(
     # Both turns were stored: a new service on the same Redis reads them back.
     again = start_app({"REDIS_URL": redis_url})
     try:
-        for thread, said in (("json", "finish me"), ("sse", "stream me")):
-            history = httpx.get(f"http://127.0.0.1:{again.port}"
-                                + PATH.format(thread=thread) + "/messages").json()["messages"]
-            assert [m["role"] for m in history] == ["user", "assistant"]
-            assert history[0]["content"] == said
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{again.port}") as client:
+            for thread, said in (("json", "finish me"), ("sse", "stream me")):
+                response = await client.get(PATH.format(thread=thread) + "/messages")
+                history = response.json()["messages"]
+                assert [m["role"] for m in history] == ["user", "assistant"]
+                assert history[0]["content"] == said
     finally:
         again.stop()
