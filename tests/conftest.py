@@ -117,7 +117,8 @@ def mock_llm_server() -> Iterator[ManagedProcess]:
 @pytest.fixture
 def mock_llm(mock_llm_server: ManagedProcess) -> MockLLM:
     mock = MockLLM(mock_llm_server)
-    mock.control(mode="ok", latency_ms=0, token_delay_ms=0, reply_tokens=0, reset_requests=True)
+    mock.control(mode="ok", latency_ms=0, token_delay_ms=0, reply_tokens=0, models_status=200,
+                 reset_requests=True)
     return mock
 
 

@@ -18,7 +18,8 @@ is N tokens instead (for load tests). Triggers inside the last user message:
 - ``[[tokens:N]]`` replies with N tokens (``[[tokensize:B]]`` pads each to B bytes);
   ``[[slow:MS]]`` waits MS ms between tokens.
 
-``POST /_control`` with ``{"mode": "ok|500|429|hang|drop", "latency_ms": .., "token_delay_ms": ..}``
+``POST /_control`` with ``{"mode": "ok|500|429|hang|drop", "latency_ms": .., "token_delay_ms": ..,
+"models_status": ..}`` (the status ``GET /v1/models`` answers)
 changes behaviour for every later request; ``GET /_requests`` lists the last 200 requests
 (message count, roles, model, temperature, stream, client port) and a total count.
 """
@@ -59,6 +60,7 @@ class Behaviour:
     latency_ms: float = 0.0
     token_delay_ms: float = 0.0
     reply_tokens: int = 0
+    models_status: int = 200
 
 
 def _text(content: Any) -> str:
@@ -84,6 +86,10 @@ class MockOpenAI:
         ])
 
     async def models(self, request: Request) -> Response:
+        status = self.behaviour.models_status
+        if status != 200:
+            return JSONResponse({"error": {"message": f"mock models {status}", "type": "mock"}},
+                                status_code=status)
         return JSONResponse({"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]})
 
     def _gate(self, name: str) -> asyncio.Event:
