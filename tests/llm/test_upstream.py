@@ -234,3 +234,30 @@ async def test_the_organization_setting_is_sent(
         assert mock_llm.requests()[-1]["organization"] == "org-agenthost"
     finally:
         await models.aclose()
+
+
+async def test_a_stream_ending_without_done_is_complete(
+    mock_llm: MockLLM, pools: list[ChatCompletions]
+) -> None:
+    pool = pool_for(mock_llm.base_url)
+    pools.append(pool)
+    text = await streamed_text(pool, "[[tokens:4]] [[fail:nodone]]")
+    assert text == "tok0 tok1 tok2 tok3"
+
+
+@pytest.mark.parametrize(("trigger", "stream", "reason"), [
+    ("[[fail:badjson]]", False, "the response was not JSON"),
+    ("[[fail:badchunk]]", True, "a streamed chunk was not JSON"),
+    ("[[fail:longline]]", True, "a streamed line exceeded 4 MiB"),
+])
+async def test_malformed_upstream_answers_are_connection_errors(
+    mock_llm: MockLLM, pools: list[ChatCompletions], trigger: str, stream: bool, reason: str
+) -> None:
+    pool = pool_for(mock_llm.base_url)
+    pools.append(pool)
+    with pytest.raises(openai.APIConnectionError, match=reason):
+        if stream:
+            await streamed_text(pool, trigger)
+        else:
+            await pool.create(payload(trigger))
+    assert await streamed_text(pool, "[[tokens:2]]") == "tok0 tok1"  # the pool still works

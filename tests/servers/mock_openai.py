@@ -10,7 +10,10 @@ is N tokens instead (for load tests). Triggers inside the last user message:
 - ``[[fail:500]]`` / ``[[fail:429]]`` answer that status (429 with ``retry-after-ms: 10``);
   ``[[fail:hang]]`` never answers; ``[[fail:drop]]`` streams a few tokens then closes the
   connection; ``[[fail:sse_error]]`` streams a few tokens then an OpenAI-style
-  ``data: {"error": ...}`` event.
+  ``data: {"error": ...}`` event; ``[[fail:nodone]]`` ends the stream without
+  ``data: [DONE]``; ``[[fail:badchunk]]`` streams a chunk that is not JSON;
+  ``[[fail:longline]]`` streams a line over 4 MiB; ``[[fail:badjson]]`` answers a body
+  that is not JSON.
 - ``[[flaky:N]]`` answers 503 (``retry-after-ms: 10``) to the first N requests with that
   same last user message, then normally: for retries.
 - ``[[gate:NAME]]`` holds a streamed reply after its first token until ``POST /_control``
@@ -191,6 +194,8 @@ class MockOpenAI:
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
                  "total_tokens": prompt_tokens + len(text.split())}
         model = body.get("model", "mock")
+        if mode == "badjson":
+            return Response(b"this is not json", media_type="application/json")
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": text or None}
             if calls:
@@ -236,6 +241,12 @@ class MockOpenAI:
             return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
         yield chunk({"role": "assistant", "content": ""})
+        if mode == "badchunk":
+            yield b"data: {this is not json\n\n"
+            return
+        if mode == "longline":
+            yield b"data: " + b"x" * (4 * 1024 * 1024 + 16)  # and never a newline
+            return
         if calls:
             for index, call in enumerate(calls):
                 yield chunk({"tool_calls": [{"index": index, **call}]})
@@ -259,7 +270,8 @@ class MockOpenAI:
             payload = {"id": chunk_id, "object": "chat.completion.chunk", "created": created,
                        "model": model, "choices": [], "usage": usage}
             yield b"data: " + json.dumps(payload).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
+        if mode != "nodone":
+            yield b"data: [DONE]\n\n"
 
 
 def main() -> None:
