@@ -1,16 +1,25 @@
-"""Tenant changes reach every worker within seconds: two service processes, one Redis."""
+"""Tenant changes reach every worker: two service processes on one Redis, and one store
+in-process against what it finds in Redis."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import logging
 import time
+from collections.abc import Callable
 
 import httpx
+import pytest
 import redis
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from app.tenants.registry import TenantConfig
-from app.tenants.store import HASH_KEY, VERSION_KEY
+from app.tenants.registry import TenantConfig, TenantRegistry
+from app.tenants.store import CHANNEL, HASH_KEY, SEEDED_KEY, VERSION_KEY, RedisTenantStore
 from tests.conftest import MockLLM
-from tests.servers.processes import start_app
+from tests.servers.processes import free_port, start_app
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 
@@ -84,3 +93,80 @@ def test_the_file_seeds_redis_once_then_redis_wins(redis_url: str) -> None:
         assert listed.json()["tenants"] == []  # not re-seeded from the file
     finally:
         again.stop()
+
+
+# --- in-process, against the real Redis: what a worker does with what it finds there ---
+
+KEY = "moving-key"
+
+
+def keyed(prompt: str, *keys: str) -> TenantConfig:
+    return TenantConfig(system_prompt=prompt,
+                        api_keys_sha256=[hashlib.sha256(k.encode()).hexdigest() for k in keys])
+
+
+async def wait_until(check: Callable[[], bool], safety_s: float = 30.0) -> None:
+    """Poll a condition; ``safety_s`` is a net for a broken feed, not a measure."""
+    async with asyncio.timeout(safety_s):
+        while not check():  # noqa: ASYNC110 - the change arrives from Redis, not an Event
+            await asyncio.sleep(0.01)
+
+
+async def test_an_invalid_tenant_in_redis_is_skipped_and_named(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = aredis.Redis.from_url(redis_url)
+    try:
+        await client.set(SEEDED_KEY, "1")
+        await client.hset(HASH_KEY, mapping={"good": keyed("fine").model_dump_json(),
+                                             "broken": '{"system_prompt": 5, "nope": 1}'})
+        registry = TenantRegistry({})
+        store = RedisTenantStore(registry, ["current_time"], client, 60)
+        with caplog.at_level(logging.ERROR):
+            await store.load({})
+        assert [tid for tid, _ in registry.items()] == ["good"]
+        assert "tenant broken in Redis is invalid and is skipped" in caplog.text
+    finally:
+        await client.aclose()
+
+
+async def test_a_key_moved_between_tenants_lands_whatever_order_changes_arrive(
+    redis_url: str,
+) -> None:
+    client = aredis.Redis.from_url(redis_url)
+    registry = TenantRegistry({})
+    store = RedisTenantStore(registry, [], client, 3600)  # only the feed, no polling
+    try:
+        await store.load({"a": keyed("A", KEY), "b": keyed("B")})
+        assert registry.owner_of_key(KEY) == "a"
+        await store.start()
+        # Another replica moves the key from a to b; b's message comes first, so the
+        # worker briefly sees two tenants claiming one key and must reload everything.
+        await client.hset(HASH_KEY, mapping={"a": keyed("A").model_dump_json(),
+                                             "b": keyed("B", KEY).model_dump_json()})
+        await client.incr(VERSION_KEY)
+        for _ in range(100):  # the feed subscribes asynchronously: publish until heard
+            if await client.publish(CHANNEL, "b"):
+                break
+            await asyncio.sleep(0.02)
+        await wait_until(lambda: registry.owner_of_key(KEY) == "b")
+        assert registry.get("a") == keyed("A")
+    finally:
+        await store.stop()
+        await client.aclose()
+
+
+async def test_a_failing_version_poll_is_logged_and_the_poll_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dead = aredis.Redis(port=free_port(), socket_connect_timeout=0.2,
+                        retry=Retry(NoBackoff(), 0))  # fail at once: nothing listens there
+    store = RedisTenantStore(TenantRegistry({}), [], dead, 0.01)
+    try:
+        with caplog.at_level(logging.WARNING):
+            await store.start()
+            await wait_until(lambda: caplog.text.count("tenant version check failed") >= 2)
+        assert all(not task.done() for task in store._tasks)  # both loops still running
+    finally:
+        await store.stop()
+        await dead.aclose()
