@@ -3,8 +3,11 @@ backends: bounded in-memory, and a real Redis 8."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis
@@ -89,3 +92,30 @@ async def test_a_failed_turn_is_undone_and_a_good_one_kept(backend: Backend) -> 
     messages = await backend.messages(key)
     assert messages is not None
     assert [m.content for m in messages if m.type == "human"] == ["hello", "again"]
+
+
+class BrokenGraph:
+    """A graph whose state cannot be read: storage went away during the turn."""
+
+    def __init__(self, hang: bool = False) -> None:
+        self.hang = hang
+
+    async def aget_state(self, config: Any) -> Any:
+        if self.hang:
+            await asyncio.Event().wait()
+        raise ConnectionError("storage is gone")
+
+    async def aupdate_state(self, config: Any, values: Any, as_node: str | None = None) -> Any:
+        raise AssertionError("never reached")  # pragma: no cover
+
+
+@pytest.mark.parametrize("hang", [False, True], ids=["fails", "hangs"])
+async def test_undo_while_storage_is_down_is_bounded_and_the_turns_error_wins(
+    backend: Backend, hang: bool, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setattr("app.persistence.base.UNDO_TIMEOUT_S", 0.05)
+    with caplog.at_level(logging.WARNING), pytest.raises(RuntimeError, match="the turn's own"):
+        async with backend.unit_of_work(BrokenGraph(hang), thread_key("t", "down"), "h1"):
+            raise RuntimeError("the turn's own error")
+    assert "could not undo the failed turn" in caplog.text
