@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import uvicorn
 import yaml
 
 from app.llm.upstream import ChatCompletions
@@ -19,6 +21,7 @@ from app.main import create_app
 from config.settings import Settings
 from tests.servers.processes import (
     ManagedProcess,
+    free_port,
     start_mcp_server,
     start_mock_openai,
     start_redis,
@@ -148,3 +151,22 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
             yield client
+
+
+@asynccontextmanager
+async def serve_app(settings: Settings) -> AsyncIterator[str]:
+    """The app on a real socket in this process and event loop; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                            log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task

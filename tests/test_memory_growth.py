@@ -19,18 +19,12 @@ import sys
 import tracemalloc
 import types
 import urllib.parse
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import pytest
-import uvicorn
 from langchain_core.messages import BaseMessage
 
-from app.main import create_app
-from config.settings import Settings
-from tests.conftest import MockLLM, SettingsFactory
-from tests.servers.processes import free_port
+from tests.conftest import MockLLM, SettingsFactory, serve_app
 from tests.sse import Event, read_sse
 
 WARMUP_THREADS = 30
@@ -48,25 +42,6 @@ MAX_BYTES_PER_THREAD = 2048
 # Flat in practice: pooled connections open outside the turn's context
 # (app/clean_context.py), and cancelled timers are pruned before counting.
 MAX_EXTRA_OBJECTS = 5
-
-
-@asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[str]:
-    """The app on a real socket in this process and event loop; yields its base URL."""
-    port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                            log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def json_turn(client: httpx.AsyncClient, thread: str, text: str) -> str:
@@ -163,7 +138,7 @@ async def test_finished_threads_leave_nothing_behind(
     else:
         # Fewer threads kept than any round makes: stored state stays at its bound.
         overrides["memory_max_threads"] = MEMORY_MAX_THREADS
-    async with serve(make_settings(**overrides)) as base_url:
+    async with serve_app(make_settings(**overrides)) as base_url:
         # Warm-up: imports, pools and per-tenant caches are in place after it.
         await conversations(base_url, route, "warm", WARMUP_THREADS)
         before = await live_objects()
