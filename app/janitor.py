@@ -17,6 +17,8 @@ from app.observability.metrics import Metrics
 logger = logging.getLogger(__name__)
 
 Sweep = Callable[[], int | Awaitable[int]]
+#: a sweep as a part of the app offers it: its name, itself, and its own interval or None
+SweepSpec = tuple[str, Sweep, float | None]
 
 
 class Janitor:

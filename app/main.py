@@ -78,11 +78,9 @@ async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
     # Registered after the backend: on exit, running turns finish before it closes.
     stack.push_async_callback(streams.aclose, settings.shutdown_grace_s)
     janitor = Janitor(settings.janitor_interval_s, metrics)
-    for name, stream_sweep, interval in streams.sweeps():
-        janitor.add(name, stream_sweep, interval)
     janitor.add("agent_cache", agents.sweep)
-    for name, sweep in backend.sweeps():
-        janitor.add(name, sweep)
+    for name, sweep, interval in (*streams.sweeps(), *backend.sweeps()):
+        janitor.add(name, sweep, interval)
     state = AppState(
         settings=settings,
         tenants=tenants,

@@ -22,6 +22,7 @@ from app.clean_context import in_fresh_context
 from app.persistence.redis import RedisBackend
 from config.settings import Settings
 from tests.conftest import MockLLM, pool_for
+from tests.waiting import settle_loop
 
 TURN: contextvars.ContextVar[object] = contextvars.ContextVar("turn")
 
@@ -41,12 +42,7 @@ async def outlives_its_context(use_connection: Callable[[], Awaitable[Any]]) -> 
 
     loop = asyncio.get_running_loop()
     ref = await loop.create_task(turn(), context=contextvars.Context())
-    # Cancelled timers (the call's own timeouts) hold their context until asyncio prunes
-    # them, once over half of 100+ are cancelled: tip it over (uvloop frees at once).
-    for handle in [loop.call_later(3600, lambda: None) for _ in range(300)]:
-        handle.cancel()
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await settle_loop(5)  # the call's own cancelled timeouts hold its context until pruned
     gc.collect()
     return ref() is not None
 

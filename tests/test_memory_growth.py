@@ -26,6 +26,7 @@ from langchain_core.messages import BaseMessage
 
 from tests.conftest import MockLLM, SettingsFactory, serve_app
 from tests.sse import Event, read_sse
+from tests.waiting import settle_loop
 
 WARMUP_THREADS = 30
 COUNTED_THREADS = 100
@@ -98,14 +99,7 @@ async def live_objects() -> dict[str, int]:
     By exact type, not ``isinstance``: that would touch lazy proxies (the OpenAI SDK's
     ``numpy`` proxy), importing whole packages inside the measured window.
     """
-    # asyncio drops cancelled timers (a finished turn's timeouts, pinning its context)
-    # lazily: once more than half of over 100 are cancelled. Tip it over, so counts do not
-    # depend on when that last happened. uvloop, which serves production, frees at once.
-    loop = asyncio.get_running_loop()
-    for handle in [loop.call_later(3600, lambda: None) for _ in range(300)]:
-        handle.cancel()
-    for _ in range(20):  # let the server see closed connections, callbacks already due run
-        await asyncio.sleep(0)
+    await settle_loop()  # the server sees closed connections; cancelled timers are pruned
     # The standard library's bounded caches (128 parsed URLs, 512 regexes) fill with
     # per-thread URLs; emptied here so that filling is not mistaken for growth.
     urllib.parse.urlsplit.cache_clear()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 
 import httpx
 import redis
@@ -12,6 +11,7 @@ import redis
 from tests.conftest import MockLLM
 from tests.servers.processes import start_app
 from tests.sse import Event, read_sse
+from tests.waiting import wait_until
 
 PATH = "/v1/tenants/demo/threads/{thread}"
 
@@ -40,10 +40,7 @@ async def test_sigterm_lets_running_turns_finish_and_store_then_exits(
                 return got
 
             turns = asyncio.gather(json_turn(), streamed_turn())
-            deadline = time.monotonic() + 20  # a safety net, not a measure
-            # The mock is another process: polling its count is the only way to know.
-            while mock_llm.count() < 2 and time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: mock_llm.count() >= 2)  # both calls reached the mock
             assert mock_llm.count() == 2
             app.signal(signal.SIGTERM)
             response, streamed = await turns

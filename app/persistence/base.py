@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from app.errors import StorageUnavailable
+from app.janitor import SweepSpec
 from app.observability.metrics import Metrics
 from app.tenants.registry import TenantRegistry
 from app.tenants.store import TenantStore
@@ -29,8 +30,6 @@ logger = logging.getLogger(__name__)
 
 THREAD_KEY_SEPARATOR = "/"
 UNDO_TIMEOUT_S = 5.0
-#: a periodic cleanup the janitor runs: a name and a function returning how many it removed
-Sweep = tuple[str, Callable[[], int | Awaitable[int]]]
 
 
 class TurnGraph(Protocol):
@@ -158,7 +157,7 @@ class Backend:
         """Where admin changes to tenants live: in this process, unless shared storage."""
         return TenantStore(registry, known_tools)
 
-    def sweeps(self) -> list[Sweep]:
+    def sweeps(self) -> list[SweepSpec]:
         """Periodic cleanups this backend needs from the janitor."""
         return []
 

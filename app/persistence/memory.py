@@ -27,8 +27,9 @@ from langgraph.checkpoint.base import (
     get_checkpoint_metadata,
 )
 
+from app.janitor import SweepSpec
 from app.observability.metrics import Metrics
-from app.persistence.base import Backend, Sweep
+from app.persistence.base import Backend
 
 Typed = tuple[str, bytes]
 # (task_id, channel, value, task_path) keyed by (task_id, write index)
@@ -273,8 +274,8 @@ class MemoryBackend(Backend):
         )
         self.checkpointer: BoundedMemorySaver = saver
 
-    def sweeps(self) -> list[Sweep]:
-        return [("memory_threads", self.checkpointer.sweep)]
+    def sweeps(self) -> list[SweepSpec]:
+        return [("memory_threads", self.checkpointer.sweep, None)]
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.errors import TooManyStreams
+from app.janitor import SweepSpec
 from app.observability.metrics import Metrics
 from app.streaming import events
 from app.streaming.events import StreamEvent
@@ -172,8 +173,8 @@ class StreamHub:
             stream.end("cancelled", events.error("cancelled", "the turn was cancelled"))
         self.metrics.streams_active.set(len(self._streams))
 
-    def sweeps(self) -> list[tuple[str, Callable[[], int], float | None]]:
-        """The janitor's sweeps for streams: (name, sweep, its own interval or None)."""
+    def sweeps(self) -> list[SweepSpec]:
+        """The janitor's sweeps for streams."""
         return [("streams", self.sweep, None),
                 ("stuck_sends", self.cut_stuck_sends, self.send_cutoff_s / CUTOFF_CHECKS)]
 

@@ -20,7 +20,7 @@ from app.streaming import events
 from app.streaming.events import StreamEvent
 from app.streaming.hub import LiveStream, StreamHub
 from app.streaming.response import StreamResponse
-from app.turns.events import Replied, Token, ToolCalled, ToolReturned, TurnEvent
+from app.turns.events import OnEvent, Replied, Token, ToolCalled, ToolReturned, TurnEvent
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ STREAM_HEADERS = {"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering"
 WRITE_BATCH = 32
 
 #: runs the turn, reporting its events to the callback it is given
-Turn = Callable[[Callable[[TurnEvent], Awaitable[None]]], Awaitable[Any]]
+Turn = Callable[[OnEvent], Awaitable[Any]]
 
 
 class StreamSession:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -124,13 +124,9 @@ class TurnRunner:
         message = HumanMessage(text, id=str(uuid.uuid4()))
         new: list[BaseMessage] = []
         config = self._config(key)
-        context = TurnContext(agent)
-        if on_event is not None:
-
-            def on_token(text: str) -> Awaitable[None]:  # on_event's coroutine, no wrapper
-                return on_event(Token(text))
-
-            context = TurnContext(agent, on_token)
+        # Tokens go straight to on_event's own coroutine, without a wrapper coroutine.
+        context = TurnContext(agent, None if on_event is None else
+                              lambda text: on_event(Token(text)))
         async with (
             self._turn(agent, key),
             self._backend.unit_of_work(self._graph, key, message.id or ""),

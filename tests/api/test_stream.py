@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import re
 import socket
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -16,6 +15,7 @@ import pytest
 from tests.conftest import MockLLM
 from tests.servers.processes import ManagedProcess, start_app
 from tests.sse import Comment, Event, dechunk, parse_sse_bytes, read_sse
+from tests.waiting import wait_for
 
 PATH = "/v1/tenants/demo/threads/{thread}/stream"
 
@@ -63,15 +63,6 @@ def history(app: ManagedProcess, thread: str) -> list[dict[str, object]]:
         return []
     messages: list[dict[str, object]] = response.json()["messages"]
     return messages
-
-
-def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 async def test_tokens_arrive_as_the_model_produces_them(

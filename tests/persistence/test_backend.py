@@ -36,7 +36,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
 async def test_the_settings_pick_the_backend_and_its_seams(backend: Backend) -> None:
     registry = TenantRegistry({})
     tenants = backend.tenant_store(registry, ["current_time"], Settings())
-    sweeps = dict(backend.sweeps())
+    sweeps = {name: sweep for name, sweep, _ in backend.sweeps()}
     if isinstance(backend, RedisBackend):
         assert isinstance(tenants, RedisTenantStore)
         assert sweeps == {}  # Redis expires threads itself

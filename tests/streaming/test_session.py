@@ -9,11 +9,9 @@ import pytest
 from app.errors import UpstreamError
 from app.streaming.hub import StreamHub
 from app.streaming.session import StreamSession
-from app.turns.events import Replied, Token, ToolCalled, ToolReturned, TurnEvent
+from app.turns.events import OnEvent, Replied, Token, ToolCalled, ToolReturned
 from config.settings import Settings
 from tests.sse import Event, parse_sse_bytes
-
-OnEvent = Callable[[TurnEvent], Awaitable[None]]
 
 
 async def streamed(turn: Callable[[OnEvent], Awaitable[None]]) -> list[Event]:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -20,19 +18,9 @@ from app.tenants.registry import TenantConfig, TenantRegistry
 from app.tenants.store import CHANNEL, HASH_KEY, SEEDED_KEY, VERSION_KEY, RedisTenantStore
 from tests.conftest import MockLLM
 from tests.servers.processes import free_port, start_app
+from tests.waiting import wait_for, wait_until
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
-
-
-def eventually(check, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    """Poll until check() holds. ``timeout`` is a safety net for a broken sync, not the
-    measure: how fast a change lands is the benchmarks' business, not a test's."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not reached within {timeout}s")
 
 
 def test_admin_changes_reach_the_other_worker(redis_url: str, mock_llm: MockLLM) -> None:
@@ -47,7 +35,7 @@ def test_admin_changes_reach_the_other_worker(redis_url: str, mock_llm: MockLLM)
         body = {"system_prompt": "Prompt one.", "tools": []}
         assert httpx.put(f"{a}/v1/admin/tenants/newco", json=body,
                          headers=ADMIN).status_code == 201
-        eventually(lambda: httpx.post(b + chat, json={"message": "x"}).status_code == 200)
+        wait_for(lambda: httpx.post(b + chat, json={"message": "x"}).status_code == 200)
 
         # a replaced prompt: worker b's cached agent must go
         httpx.put(f"{a}/v1/admin/tenants/newco", json={**body, "system_prompt": "Prompt two!"},
@@ -57,7 +45,7 @@ def test_admin_changes_reach_the_other_worker(redis_url: str, mock_llm: MockLLM)
             httpx.post(b + chat, json={"message": "x"}).raise_for_status()
             return bool(mock_llm.requests()[-1]["chars"][0] == len("Prompt two!"))
 
-        eventually(b_uses_new_prompt)
+        wait_for(b_uses_new_prompt)
 
         # a change that bypasses pub/sub (as if the message were lost) still arrives
         with redis.Redis.from_url(redis_url) as client:
@@ -69,10 +57,10 @@ def test_admin_changes_reach_the_other_worker(redis_url: str, mock_llm: MockLLM)
             httpx.post(b + chat, json={"message": "x"}).raise_for_status()
             return bool(mock_llm.requests()[-1]["chars"][0] == len(config.system_prompt))
 
-        eventually(b_uses_third_prompt)
+        wait_for(b_uses_third_prompt)
 
         assert httpx.delete(f"{a}/v1/admin/tenants/newco", headers=ADMIN).status_code == 204
-        eventually(lambda: httpx.post(b + chat, json={"message": "x"}).status_code == 404)
+        wait_for(lambda: httpx.post(b + chat, json={"message": "x"}).status_code == 404)
     finally:
         first.stop()
         second.stop()
@@ -103,13 +91,6 @@ KEY = "moving-key"
 def keyed(prompt: str, *keys: str) -> TenantConfig:
     return TenantConfig(system_prompt=prompt,
                         api_keys_sha256=[hashlib.sha256(k.encode()).hexdigest() for k in keys])
-
-
-async def wait_until(check: Callable[[], bool], safety_s: float = 30.0) -> None:
-    """Poll a condition; ``safety_s`` is a net for a broken feed, not a measure."""
-    async with asyncio.timeout(safety_s):
-        while not check():  # noqa: ASYNC110 - the change arrives from Redis, not an Event
-            await asyncio.sleep(0.01)
 
 
 async def test_an_invalid_tenant_in_redis_is_skipped_and_named(
