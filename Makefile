@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_VERSION := 26.3
 
-.PHONY: run test lint clean
+.PHONY: run test lint coverage clean
 
 run: $(VENV)/.deps-run
 	$(BIN)/python -m app
@@ -13,6 +13,13 @@ test: $(VENV)/.deps-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# Branch coverage of app/, service subprocesses included (by hand; slower than `make test`).
+coverage: $(VENV)/.deps-test
+	rm -rf .coverage
+	$(BIN)/python -m coverage run -m pytest
+	$(BIN)/python -m coverage combine --quiet
+	$(BIN)/python -m coverage report
 
 lint: $(VENV)/.deps-test
 	$(BIN)/ruff check .
@@ -31,4 +38,4 @@ $(VENV)/.deps-test: requirements.txt requirements-test.txt | $(BIN)/python
 	touch $@ $(VENV)/.deps-run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

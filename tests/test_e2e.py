@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 
 import httpx
 
-from app.persistence.redis import RECOVER_INTERVAL_S
 from tests.conftest import MockLLM
 from tests.servers.processes import ROOT, start_app, start_redis
+from tests.waiting import wait_for
 
 
 def chat(base: str, thread: str, text: str) -> httpx.Response:
@@ -89,23 +88,13 @@ def test_redis_outage_is_503_then_recovers(mock_llm: MockLLM) -> None:
         assert httpx.get(f"{base}/health/ready", timeout=10).status_code == 503
         assert httpx.get(f"{base}/health").status_code == 200
         redis = start_redis(port)  # a fresh, empty Redis on the same port: no search indexes
-        # The first call may still fail (and trigger the repair); the service heals itself.
-        statuses = []
-        for _ in range(5):
-            after = chat(base, "t", "after")
-            statuses.append(after.status_code)
-            if after.status_code == 200:
-                break
-            time.sleep(RECOVER_INTERVAL_S)
-        assert statuses[-1] == 200 and len(statuses) <= 2, statuses
+        # The first calls may still fail (and trigger the repair); the service heals itself,
+        # recreating the lost search indexes (repairs are rate-limited; readiness probes
+        # trigger them too), without a restart.
+        wait_for(lambda: chat(base, "t", "after").status_code == 200)
         repaired = "had lost its search indexes; recreated them"
-        for _ in range(5):  # repairs are rate-limited; readiness probes also trigger them
-            if httpx.get(f"{base}/health/ready", timeout=10).status_code == 200 and (
-                repaired in app.log_text()
-            ):
-                break
-            time.sleep(RECOVER_INTERVAL_S)
-        assert repaired in app.log_text()
+        wait_for(lambda: httpx.get(f"{base}/health/ready", timeout=10).status_code == 200
+                 and repaired in app.log_text())
         assert "failed during a turn of tenant" in app.log_text()
         assert chat(base, "t", "healed").status_code == 200
     finally:

@@ -1,4 +1,7 @@
-"""Streaming over a real socket: the service (``python -m app``) with the mock OpenAI server."""
+"""Streaming over a real socket: the service (``python -m app``) with the mock OpenAI server.
+
+The shared service runs once per backend (``app``: bounded in-memory, then the real Redis 8),
+so every stream test of what is sent and stored runs on both."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from collections.abc import Iterator
 import httpx
 import psutil
 import pytest
+import redis
 
 from tests.conftest import MockLLM
 from tests.servers.processes import ManagedProcess, start_app
@@ -20,9 +24,18 @@ from tests.waiting import wait_for
 PATH = "/v1/tenants/demo/threads/{thread}/stream"
 
 
-@pytest.fixture(scope="module")
-def app(mock_llm_server: ManagedProcess) -> Iterator[ManagedProcess]:
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def app(request: pytest.FixtureRequest,
+        mock_llm_server: ManagedProcess) -> Iterator[ManagedProcess]:
+    storage: dict[str, str] = {}
+    if request.param == "redis":
+        redis_server: ManagedProcess = request.getfixturevalue("redis_server")
+        url = f"redis://127.0.0.1:{redis_server.port}/0"  # RediSearch indexes live in db 0
+        with redis.Redis.from_url(url) as client:
+            client.flushdb()
+        storage = {"REDIS_URL": url}
     proc = start_app({
+        **storage,
         "OPENAI_API_KEY": "sk-test",
         "OPENAI_BASE_URL": f"http://127.0.0.1:{mock_llm_server.port}/v1",
         "AGENTHOST_STREAM_SEND_TIMEOUT_S": "1",

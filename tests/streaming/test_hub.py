@@ -96,13 +96,16 @@ async def test_shutdown_waits_for_running_turns_then_cancels() -> None:
     quick, stuck = streams.open("a", "quick"), streams.open("a", "stuck")
     finished = []
 
+    go = asyncio.Event()
+
     async def run_quick() -> None:
-        await asyncio.sleep(0.01)
+        await go.wait()
         finished.append("quick")
 
     streams.start(quick, run_quick())
-    streams.start(stuck, asyncio.sleep(3600))
-    await streams.aclose(grace_s=0.2)
+    streams.start(stuck, asyncio.Event().wait())  # never finishes
+    go.set()  # quick can finish at the loop's next turn, long before the grace ends
+    await streams.aclose(grace_s=1)
     assert finished == ["quick"]
     assert stuck.task is not None and stuck.task.cancelled()
     assert stuck.ended == "cancelled"
