@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -16,7 +15,6 @@ class Event:
     event: str = "message"
     id: str | None = None
     data: str = ""
-    received_at: float = field(default_factory=time.monotonic)
 
     @property
     def json(self) -> Any:
@@ -26,7 +24,6 @@ class Event:
 @dataclass
 class Comment:
     text: str
-    received_at: float = field(default_factory=time.monotonic)
 
 
 def _apply_field(event: Event, line: str) -> None:
@@ -46,7 +43,6 @@ async def read_sse(response: httpx.Response) -> AsyncIterator[Event | Comment]:
     async for line in response.aiter_lines():
         if line == "":
             if seen:
-                current.received_at = time.monotonic()
                 yield current
             current, seen = Event(), False
         elif line.startswith(":"):
