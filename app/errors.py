@@ -81,6 +81,16 @@ class StorageUnavailable(AppError):
     code = "storage_unavailable"
 
 
+class MemoryPressure(AppError):
+    status_code = 503
+    code = "memory_pressure"
+
+
+class TracingOff(AppError):
+    status_code = 404
+    code = "tracing_off"
+
+
 class ConfigError(Exception):
     """A configuration the service refuses to start with; the message names the fix."""
 

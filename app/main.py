@@ -15,10 +15,14 @@ from app.agents.mcp import McpToolLoader
 from app.agents.tools import ToolRegistry, build_builtin_tools
 from app.api.middleware.body_limit import BodyLimitMiddleware
 from app.api.middleware.request_id import RequestIdMiddleware
-from app.api.routes import admin, chat, health, stream
+from app.api.routes import admin, chat, health, memory, stream
 from app.errors import ConfigError, install_error_handlers
 from app.janitor import Janitor
 from app.llm.pool import ModelPool
+from app.memory.ballast import Ballast
+from app.memory.governor import MemoryGovernor, Meter
+from app.memory.tracing import AllocationTracer
+from app.memory.usage import MemoryMeter
 from app.observability.metrics import Metrics
 from app.persistence.backend import open_backend
 from app.state import AppState
@@ -49,14 +53,23 @@ def _embedded_defaults(state: AppState) -> list[str]:
     return said
 
 
-async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
+async def build_state(settings: Settings, stack: AsyncExitStack,
+                      meter: Meter | None = None) -> AppState:
     tools = ToolRegistry(build_builtin_tools())
     file_tenants = load_tenants_file(settings.tenants_file, tools.names())
     tenants = TenantRegistry({})
     metrics = Metrics()
+    tracer = None
+    if settings.memory_tracemalloc:  # first, so that what the app builds is traced too
+        tracer = AllocationTracer()
+        tracer.start()
+        stack.callback(tracer.stop)
+    governor = MemoryGovernor(settings, meter or MemoryMeter(settings.memory_limit_mb),
+                              metrics=metrics)
     models = ModelPool(settings)
     stack.push_async_callback(models.aclose)
-    backend = await stack.enter_async_context(open_backend(settings, metrics))
+    backend = await stack.enter_async_context(
+        open_backend(settings, metrics, memory_limit_bytes=governor.limit.bytes))
     tenant_store = backend.tenant_store(tenants, tools.names(), settings)
     await tenant_store.load(file_tenants)
     agent_factory = AgentFactory(build_agent_graph(backend.checkpointer), models, tools, settings,
@@ -79,6 +92,9 @@ async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
     stack.push_async_callback(streams.aclose, settings.shutdown_grace_s)
     janitor = Janitor(settings.janitor_interval_s, metrics)
     janitor.add("agent_cache", agents.sweep)
+    governor.on_pressure(agents.relieve)
+    governor.on_pressure(backend.relieve)
+    janitor.add("memory", governor.sample, settings.memory_sample_s)
     for name, sweep, interval in (*streams.sweeps(), *backend.sweeps()):
         janitor.add(name, sweep, interval)
     state = AppState(
@@ -92,7 +108,11 @@ async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
         streams=streams,
         janitor=janitor,
         metrics=metrics,
+        governor=governor,
+        tracer=tracer,
+        ballast=Ballast() if settings.memory_test_allocations else None,
     )
+    await governor.sample()  # the level is known before the first request
     if not state.auth_enabled and not settings.binds_loopback:
         if not settings.allow_public_without_auth:
             raise ConfigError(
@@ -104,21 +124,29 @@ async def build_state(settings: Settings, stack: AsyncExitStack) -> AppState:
     return state
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, meter: Meter | None = None) -> FastAPI:
+    """The app; ``meter`` replaces the memory reading (in-process tests drive pressure)."""
     resolved = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            state = await build_state(resolved, stack)
+            state = await build_state(resolved, stack, meter)
             app.state.agenthost = state
+            limit = state.governor.limit
             logger.info(
-                "agenthost ready: %s; %s; %d tenants; auth %s",
+                "agenthost ready: %s; %s; %d tenants; auth %s; memory limit %.0f MiB (%s), "
+                "%s",
                 state.agent_factory.models.description,
                 state.backend.description,
                 len(state.tenants),
                 "on" if state.auth_enabled else "off",
+                limit.bytes / 2**20, limit.source,
+                f"pressure {state.governor.level.label}",
             )
+            if state.ballast is not None:
+                logger.warning("test-only memory ballast routes are on "
+                               "(AGENTHOST_MEMORY_TEST_ALLOCATIONS): never in production")
             for sentence in state.defaults:
                 logger.info("embedded default in force: %s", sentence)
             state.janitor.start()
@@ -132,6 +160,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(stream.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    app.include_router(memory.router)
+    app.include_router(memory.admin_router)
+    if resolved.memory_test_allocations:
+        app.include_router(memory.ballast_router)
     # Outermost last: the request id wraps everything, including 413 refusals.
     app.add_middleware(BodyLimitMiddleware, max_bytes=resolved.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from app.agents.cache import AgentCache
 from app.agents.factory import AgentFactory
 from app.janitor import Janitor
+from app.memory.ballast import Ballast
+from app.memory.governor import MemoryGovernor
+from app.memory.tracing import AllocationTracer
 from app.observability.metrics import Metrics
 from app.persistence.base import Backend
 from app.streaming.hub import StreamHub
@@ -28,6 +31,11 @@ class AppState:
     streams: StreamHub
     janitor: Janitor
     metrics: Metrics
+    governor: MemoryGovernor
+    #: allocation tracing, when AGENTHOST_MEMORY_TRACEMALLOC is on
+    tracer: AllocationTracer | None = None
+    #: memory held on purpose, when the test-only AGENTHOST_MEMORY_TEST_ALLOCATIONS is on
+    ballast: Ballast | None = None
     #: one plain sentence per embedded default in force (startup log and /health/ready)
     defaults: list[str] = field(default_factory=list)
 

@@ -152,6 +152,63 @@ class Settings(BaseSettings):
     memory_max_threads: int = Field(
         10000, ge=1, description="In-memory persistence: threads kept (least recently used go)."
     )
+    memory_store_max_bytes: int | None = Field(
+        None, ge=1024,
+        description="In-memory persistence: bytes of conversation held (least recently used "
+        "threads go). Unset: a quarter of the memory limit.",
+    )
+    memory_store_compress: bool = Field(
+        True, description="In-memory persistence: hold checkpoints zstd-compressed.",
+    )
+
+    # --- memory governance ---
+    memory_limit_mb: float | None = Field(
+        None, gt=0,
+        description="Memory this service may use. Unset: the container's cgroup limit, "
+        "else the machine's RAM.",
+    )
+    memory_moderate: float = Field(
+        0.70, gt=0, lt=1, description="Fraction of the limit where pressure is moderate "
+        "(the agent cache shrinks to half its budget).",
+    )
+    memory_high: float = Field(
+        0.85, gt=0, lt=1, description="Fraction of the limit where pressure is high (the "
+        "conversation store shrinks, gc runs, new streams get 503).",
+    )
+    memory_critical: float = Field(
+        0.95, gt=0, lt=1, description="Fraction of the limit where pressure is critical "
+        "(new turns get 503 too; turns in flight finish).",
+    )
+    memory_hysteresis: float = Field(
+        0.05, ge=0, lt=0.5,
+        description="A pressure level is left only this fraction of the limit below its "
+        "threshold.",
+    )
+    memory_sample_s: float = Field(1.0, gt=0, description="Seconds between memory samples.")
+    memory_gc_interval_s: float = Field(
+        30.0, ge=0, description="Under high pressure, run gc.collect() at most this often.",
+    )
+    memory_retry_after_s: int = Field(
+        5, ge=1, description="Retry-After (seconds) on 503 memory_pressure.",
+    )
+    memory_leak_warmup_s: float = Field(
+        300.0, ge=0, description="Memory samples for leak detection start this long after "
+        "startup (caches and pools fill first).",
+    )
+    memory_leak_window_s: float = Field(
+        3600.0, gt=0, description="Leak detection fits a line to the samples of this window.",
+    )
+    memory_leak_mb_per_hour: float = Field(
+        50.0, gt=0, description="A growth slope above this is reported as a suspected leak.",
+    )
+    memory_tracemalloc: bool = Field(
+        False, description="Trace allocations (costs CPU) and serve the top growing "
+        "allocation sites at GET /v1/admin/memory/allocations.",
+    )
+    memory_test_allocations: bool = Field(
+        False, description="Test only: POST/DELETE /v1/admin/memory/ballast grow and release "
+        "memory on demand. Never enable in production.",
+    )
 
     # --- history caps ---
     history_max_messages: int = Field(
@@ -241,6 +298,8 @@ class Settings(BaseSettings):
             )
         if self.max_body_bytes < self.max_message_bytes:
             raise ValueError("max_body_bytes must be at least max_message_bytes")
+        if not self.memory_moderate < self.memory_high < self.memory_critical:
+            raise ValueError("memory thresholds must rise: moderate < high < critical")
         return self
 
     @property

@@ -27,6 +27,10 @@ from app.tenants.registry import TenantConfig
 ENTRY_OVERHEAD_BYTES = 1500
 # A tool of the tenant's own (MCP) with its schema, and its share of an unshared binding.
 OWN_TOOL_BYTES = 6000
+# Under memory pressure: the share of the bounds the cache works to, and how long unused
+# makes an agent idle (dropped at once; rebuilding one costs ~1 ms without MCP).
+SQUEEZED_SHARE = 0.5
+IDLE_UNDER_PRESSURE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,18 @@ class AgentCache:
         self.hits = 0
         self.misses = 0
         self.evictions: dict[str, int] = {}
+        self.squeezed = False
+
+    @property
+    def entry_limit(self) -> int:
+        """The count it works to now: half of ``max_entries`` under memory pressure."""
+        share = SQUEEZED_SHARE if self.squeezed else 1.0
+        return max(1, int(self.max_entries * share))
+
+    @property
+    def byte_limit(self) -> int:
+        share = SQUEEZED_SHARE if self.squeezed else 1.0
+        return max(1, int(self.max_bytes * share))
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -129,10 +145,13 @@ class AgentCache:
             retry_at=now + self.retry_s if built.degraded else None,
         )
         self.bytes += size
-        while len(self._entries) > self.max_entries:
-            self._evict(next(iter(self._entries)), "lru")
-        while self.bytes > self.max_bytes and len(self._entries) > 1:
-            self._evict(next(iter(self._entries)), "budget")
+        self._fit()
+
+    def _fit(self, over_count: str = "lru", over_bytes: str = "budget") -> None:
+        while len(self._entries) > self.entry_limit:
+            self._evict(next(iter(self._entries)), over_count)
+        while self.bytes > self.byte_limit and len(self._entries) > 1:
+            self._evict(next(iter(self._entries)), over_bytes)
 
     def _evict(self, tenant_id: str, reason: str) -> None:
         entry = self._entries.pop(tenant_id, None)
@@ -153,6 +172,17 @@ class AgentCache:
             self._evict(tenant_id, "ttl")
         return len(idle)
 
+    def relieve(self, level: int) -> None:
+        """Memory pressure (the governor calls this after every sample): from moderate up,
+        work to half the bounds and drop agents idle for a minute; below it, the full ones."""
+        self.squeezed = level >= 1
+        if not self.squeezed:
+            return
+        limit = self._clock() - IDLE_UNDER_PRESSURE_S
+        for tenant_id in [t for t, e in self._entries.items() if e.last_used <= limit]:
+            self._evict(tenant_id, "pressure")
+        self._fit("pressure", "pressure")
+
     def stats(self) -> dict[str, Any]:
         now = self._clock()
         oldest = min((e.created for e in self._entries.values()), default=None)
@@ -162,6 +192,7 @@ class AgentCache:
             "max_entries": self.max_entries,
             "estimated_bytes": self.bytes,
             "budget_bytes": self.max_bytes,
+            "squeezed": self.squeezed,
             "utilization_pct": round(100 * max(len(self._entries) / self.max_entries,
                                                self.bytes / self.max_bytes), 2),
             "hits": self.hits,

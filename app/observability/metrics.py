@@ -66,6 +66,30 @@ class Metrics:
             "agenthost_mcp_failures_total",
             "MCP servers that could not be used when building an agent.", registry=r)
 
+        self.memory_limit = Gauge(
+            "agenthost_memory_limit_bytes", "Memory the service may use (see limit_source in "
+            "/health/memory).", registry=r)
+        self.memory_usage = Gauge(
+            "agenthost_memory_usage_bytes",
+            "Memory counted against the limit (cgroup usage or the process tree's PSS).",
+            registry=r)
+        self.memory_pressure = Gauge(
+            "agenthost_memory_pressure_level",
+            "Memory pressure: 0 low, 1 moderate, 2 high, 3 critical.", registry=r)
+        self.memory_transitions = Counter(
+            "agenthost_memory_pressure_transitions_total",
+            "Memory pressure level changes.", ["from_level", "to_level"], registry=r)
+        self.memory_refusals = Counter(
+            "agenthost_memory_refusals_total",
+            "Requests refused with 503 memory_pressure, by route and level.",
+            ["route", "level"], registry=r)
+        self.memory_gc_runs = Counter(
+            "agenthost_memory_gc_runs_total", "gc.collect() runs under high memory pressure.",
+            registry=r)
+        self.memory_leak_slope = Gauge(
+            "agenthost_memory_growth_mb_per_hour",
+            "Least-squares slope of memory usage over the leak-detection window.", registry=r)
+
     def watch_agent_cache(self, cache: CacheStats) -> None:
         self.registry.register(AgentCacheCollector(cache))
 
@@ -104,7 +128,8 @@ class AgentCacheCollector(Collector):
                                   value=cache.misses)
         evictions = CounterMetricFamily(
             "agenthost_agent_cache_evictions",
-            "Agents dropped from the cache, by reason (lru, budget, ttl, invalidated).",
+            "Agents dropped from the cache, by reason (lru, budget, ttl, invalidated, "
+            "pressure).",
             labels=["reason"])
         for reason, count in sorted(cache.evictions.items()):
             evictions.add_metric([reason], count)

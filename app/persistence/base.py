@@ -161,6 +161,10 @@ class Backend:
         """Periodic cleanups this backend needs from the janitor."""
         return []
 
+    def relieve(self, level: int) -> None:
+        """Memory pressure (the governor calls this after every sample). Storage held
+        outside this process (Redis) has nothing to give back."""
+
     async def recover(self) -> None:
         """Called after a failure: repair what a backend restart lost. Never raises."""
 

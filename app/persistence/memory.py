@@ -1,10 +1,11 @@
 """In-memory persistence: ``BoundedMemorySaver``, the embedded checkpointer bounded in threads,
-bytes per thread and age, and ``MemoryBackend``, the backend around it.
+bytes and age, and ``MemoryBackend``, the backend around it.
 
 Unlike LangGraph's ``InMemorySaver`` it keeps only each thread's latest checkpoint (the
-service never reads older ones), evicts the least recently used thread past
-``max_threads``, and forgets a thread ``ttl_s`` after its last use. Checkpoints are held
-serialized, so the byte count it reports is what it really holds.
+service never reads older ones), evicts the least recently used threads past ``max_threads``
+or past ``max_bytes`` held, and forgets a thread ``ttl_s`` after its last use. Checkpoints
+are held serialized (zstd-compressed when ``compress``), so the byte count it reports is
+what it really holds; the count is kept as writes happen, never recomputed.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import zstandard
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
@@ -32,6 +34,10 @@ from app.observability.metrics import Metrics
 from app.persistence.base import Backend
 
 Typed = tuple[str, bytes]
+# Blobs shorter than this are stored as they are: zstd's frame costs more than it saves.
+COMPRESS_MIN_BYTES = 256
+ZSTD_SUFFIX = "+zstd"
+ZSTD_LEVEL = 1
 # (task_id, channel, value, task_path) keyed by (task_id, write index)
 Writes = dict[tuple[str, int], tuple[str, str, Typed, str]]
 
@@ -43,18 +49,25 @@ class _Saved:
     metadata: Typed
     parent_id: str | None
 
+    def size(self) -> int:
+        return len(self.checkpoint[1]) + len(self.metadata[1])
+
+
+def _writes_size(writes: Writes) -> int:
+    return sum(len(w[2][1]) for w in writes.values())
+
 
 @dataclass(slots=True)
 class _Thread:
     expires_at: float
     latest: dict[str, _Saved] = field(default_factory=dict)  # by checkpoint namespace
     writes: dict[tuple[str, str], Writes] = field(default_factory=dict)  # (ns, checkpoint id)
+    bytes: int = 0  # serialized bytes held, kept current by the saver
 
     def size(self) -> int:
-        total = sum(len(s.checkpoint[1]) + len(s.metadata[1]) for s in self.latest.values())
-        for writes in self.writes.values():
-            total += sum(len(w[2][1]) for w in writes.values())
-        return total
+        """Recomputed from scratch (tests check the running count against it)."""
+        return (sum(s.size() for s in self.latest.values())
+                + sum(_writes_size(w) for w in self.writes.values()))
 
 
 class BoundedMemorySaver(BaseCheckpointSaver[int]):
@@ -63,19 +76,28 @@ class BoundedMemorySaver(BaseCheckpointSaver[int]):
         *,
         max_threads: int,
         ttl_s: float,
+        max_bytes: int | None = None,
+        compress: bool = False,
         refresh_on_read: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
-        if max_threads < 1 or ttl_s <= 0:
-            raise ValueError("max_threads must be >= 1 and ttl_s > 0")
+        if max_threads < 1 or ttl_s <= 0 or (max_bytes is not None and max_bytes < 1):
+            raise ValueError("max_threads and max_bytes must be >= 1 and ttl_s > 0")
         self.max_threads = max_threads
+        self.max_bytes = max_bytes
         self.ttl_s = ttl_s
+        self.compress = compress
         self.refresh_on_read = refresh_on_read
         self._clock = clock
         self._threads: OrderedDict[str, _Thread] = OrderedDict()
+        self._bytes = 0
+        self._zstd_in = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        self._zstd_out = zstandard.ZstdDecompressor()
         self.evicted_lru = 0
+        self.evicted_bytes = 0
         self.expired = 0
+        self.squeezed = False  # memory pressure: work to half the byte budget
 
     # --- bookkeeping ---
 
@@ -85,7 +107,16 @@ class BoundedMemorySaver(BaseCheckpointSaver[int]):
         return len(self._threads)
 
     def bytes_held(self) -> int:
-        return sum(thread.size() for thread in self._threads.values())
+        return self._bytes
+
+    def _forget(self, thread_id: str) -> None:
+        thread = self._threads.pop(thread_id, None)
+        if thread is not None:
+            self._bytes -= thread.bytes
+
+    def _resize(self, thread: _Thread, delta: int) -> None:
+        thread.bytes += delta
+        self._bytes += delta
 
     def sweep(self) -> int:
         """Forget expired threads. The LRU head is always the next to expire."""
@@ -95,16 +126,38 @@ class BoundedMemorySaver(BaseCheckpointSaver[int]):
             thread_id, thread = next(iter(self._threads.items()))
             if thread.expires_at > now:
                 break
-            del self._threads[thread_id]
+            self._forget(thread_id)
             removed += 1
         self.expired += removed
         return removed
+
+    def shrink_to(self, max_bytes: int) -> int:
+        """Evict least recently used threads until at most ``max_bytes`` are held (memory
+        pressure asks for this); the most recent thread stays. Returns threads evicted."""
+        evicted = 0
+        while self._bytes > max_bytes and len(self._threads) > 1:
+            self._forget(next(iter(self._threads)))
+            evicted += 1
+        self.evicted_bytes += evicted
+        return evicted
+
+    @property
+    def byte_limit(self) -> int | None:
+        """The bytes it works to now: half of ``max_bytes`` under memory pressure."""
+        if self.max_bytes is None:
+            return None
+        return self.max_bytes // 2 if self.squeezed else self.max_bytes
+
+    def enforce_budget(self) -> None:
+        limit = self.byte_limit
+        if limit is not None and self._bytes > limit:
+            self.shrink_to(limit)
 
     def _touch(self, thread_id: str, *, create: bool, refresh: bool) -> _Thread | None:
         now = self._clock()
         thread = self._threads.get(thread_id)
         if thread is not None and thread.expires_at <= now:
-            del self._threads[thread_id]
+            self._forget(thread_id)
             self.expired += 1
             thread = None
         if thread is None:
@@ -113,12 +166,24 @@ class BoundedMemorySaver(BaseCheckpointSaver[int]):
             thread = _Thread(expires_at=now + self.ttl_s)
             self._threads[thread_id] = thread
             while len(self._threads) > self.max_threads:
-                self._threads.popitem(last=False)
+                self._forget(next(iter(self._threads)))
                 self.evicted_lru += 1
         elif refresh:
             thread.expires_at = now + self.ttl_s
             self._threads.move_to_end(thread_id)
         return thread
+
+    def _dump(self, value: Any) -> Typed:
+        kind, data = self.serde.dumps_typed(value)
+        if self.compress and len(data) >= COMPRESS_MIN_BYTES:
+            return kind + ZSTD_SUFFIX, self._zstd_in.compress(data)
+        return kind, data
+
+    def _load(self, typed: Typed) -> Any:
+        kind, data = typed
+        if kind.endswith(ZSTD_SUFFIX):
+            kind, data = kind[: -len(ZSTD_SUFFIX)], self._zstd_out.decompress(data)
+        return self.serde.loads_typed((kind, data))
 
     # --- BaseCheckpointSaver ---
 
@@ -145,10 +210,10 @@ class BoundedMemorySaver(BaseCheckpointSaver[int]):
         return CheckpointTuple(
             config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
                                      "checkpoint_id": saved.checkpoint_id}},
-            checkpoint=self.serde.loads_typed(saved.checkpoint),
-            metadata=self.serde.loads_typed(saved.metadata),
+            checkpoint=self._load(saved.checkpoint),
+            metadata=self._load(saved.metadata),
             parent_config=parent,  # type: ignore[arg-type]
-            pending_writes=[(w[0], w[1], self.serde.loads_typed(w[2])) for _, w in ordered],
+            pending_writes=[(w[0], w[1], self._load(w[2])) for _, w in ordered],
         )
 
     def list(
@@ -193,14 +258,19 @@ class BoundedMemorySaver(BaseCheckpointSaver[int]):
         ns: str = config["configurable"].get("checkpoint_ns", "")
         thread = self._touch(thread_id, create=True, refresh=True)
         assert thread is not None
-        thread.latest[ns] = _Saved(
+        saved = _Saved(
             checkpoint_id=checkpoint["id"],
-            checkpoint=self.serde.dumps_typed(checkpoint),
-            metadata=self.serde.dumps_typed(get_checkpoint_metadata(config, metadata)),
+            checkpoint=self._dump(checkpoint),
+            metadata=self._dump(get_checkpoint_metadata(config, metadata)),
             parent_id=config["configurable"].get("checkpoint_id"),
         )
+        previous = thread.latest.get(ns)
+        thread.latest[ns] = saved
+        delta = saved.size() - (previous.size() if previous is not None else 0)
         for key in [k for k in thread.writes if k[0] == ns and k[1] != checkpoint["id"]]:
-            del thread.writes[key]
+            delta -= _writes_size(thread.writes.pop(key))
+        self._resize(thread, delta)
+        self.enforce_budget()
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
                                  "checkpoint_id": checkpoint["id"]}}
 
@@ -217,14 +287,20 @@ class BoundedMemorySaver(BaseCheckpointSaver[int]):
         thread = self._touch(thread_id, create=True, refresh=True)
         assert thread is not None
         saved = thread.writes.setdefault((ns, checkpoint_id), {})
+        delta = 0
         for idx, (channel, value) in enumerate(writes):
             key = (task_id, WRITES_IDX_MAP.get(channel, idx))
             if key[1] >= 0 and key in saved:
                 continue
-            saved[key] = (task_id, channel, self.serde.dumps_typed(value), task_path)
+            if (old := saved.get(key)) is not None:
+                delta -= len(old[2][1])
+            saved[key] = (task_id, channel, self._dump(value), task_path)
+            delta += len(saved[key][2][1])
+        self._resize(thread, delta)
+        self.enforce_budget()
 
     def delete_thread(self, thread_id: str) -> None:
-        self._threads.pop(thread_id, None)
+        self._forget(thread_id)
 
     # The async API does the same work inline: nothing here blocks.
 
@@ -268,8 +344,9 @@ class MemoryBackend(Backend):
     def __init__(self, saver: BoundedMemorySaver, metrics: Metrics | None = None) -> None:
         super().__init__(
             saver,
-            f"bounded in-memory (max {saver.max_threads} threads, TTL {saver.ttl_s:g}s; "
-            "REDIS_URL not set)",
+            f"bounded in-memory (max {saver.max_threads} threads"
+            + (f", {saver.max_bytes / 2**20:.0f} MiB" if saver.max_bytes else "")
+            + f", TTL {saver.ttl_s:g}s; REDIS_URL not set)",
             metrics,
         )
         self.checkpointer: BoundedMemorySaver = saver
@@ -277,12 +354,22 @@ class MemoryBackend(Backend):
     def sweeps(self) -> list[SweepSpec]:
         return [("memory_threads", self.checkpointer.sweep, None)]
 
+    def relieve(self, level: int) -> None:
+        """From high pressure up, hold at most half the byte budget (least recently used
+        threads go at once); below it, the whole budget again."""
+        self.checkpointer.squeezed = level >= 2
+        self.checkpointer.enforce_budget()
+
     def stats(self) -> dict[str, Any]:
         return {
             "backend": "memory",
             "threads": self.checkpointer.thread_count,
             "max_threads": self.checkpointer.max_threads,
             "bytes": self.checkpointer.bytes_held(),
+            "max_bytes": self.checkpointer.max_bytes,
+            "squeezed": self.checkpointer.squeezed,
+            "compressed": self.checkpointer.compress,
             "evicted_lru": self.checkpointer.evicted_lru,
+            "evicted_bytes": self.checkpointer.evicted_bytes,
             "expired": self.checkpointer.expired,
         }

@@ -20,6 +20,7 @@ router = APIRouter(prefix="/v1/tenants/{tenant_id}/threads/{thread_id}", tags=["
 async def stream_message(
     state: StateDep, config: TenantDep, tenant_id: TenantId, thread_id: ThreadId, body: MessageIn
 ) -> StreamResponse:
+    state.governor.admit("stream")
     text = checked_message(state, body)
     agent = await state.agents.get(tenant_id, config)
     settings = state.settings

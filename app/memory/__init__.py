@@ -1,0 +1,1 @@
+"""Memory governance: the limit, usage, pressure levels and admission, leak trend."""
