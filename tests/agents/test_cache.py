@@ -148,3 +148,24 @@ async def test_degraded_agents_are_rebuilt_after_the_retry_delay() -> None:
     clock.now += 31
     await agents.get("a", CONFIG)
     assert builder.calls == ["a", "a"]
+
+
+async def test_under_memory_pressure_the_cache_works_to_half_and_drops_idle_agents() -> None:
+    clock = FakeClock()
+    agents = cache(Builder(), clock, max_entries=10)
+    for i in range(10):
+        await agents.get(f"t{i}", CONFIG)
+        clock.advance(10)  # t0 was last used 100 s ago, t9 just now
+    agents.relieve(0)
+    assert len(agents) == 10 and agents.stats()["squeezed"] is False
+    agents.relieve(1)  # moderate: idle a minute or more go, then down to half the count
+    assert agents.stats()["squeezed"] is True
+    assert len(agents) == 5
+    assert agents.stats()["evictions"] == {"pressure": 5}
+    for i in range(10, 20):  # still squeezed: new agents keep it at half
+        await agents.get(f"t{i}", CONFIG)
+    assert len(agents) == 5
+    agents.relieve(0)
+    for i in range(20, 30):
+        await agents.get(f"t{i}", CONFIG)
+    assert len(agents) == 10

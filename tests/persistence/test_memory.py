@@ -126,3 +126,72 @@ async def test_memory_stops_growing_once_the_bound_is_reached() -> None:
     # 500 new threads went through a 100-thread bound (each ~2 KB stored): what is held
     # does not climb. The first 100 fill caches; after that growth is noise.
     assert held[-1] - held[0] < 50_000, held
+
+
+def held_by_recount(saver: BoundedMemorySaver) -> int:
+    return sum(thread.size() for thread in saver._threads.values())
+
+
+async def test_the_running_byte_count_matches_a_recount_through_every_change() -> None:
+    clock = FakeClock()
+    saver = BoundedMemorySaver(max_threads=5, ttl_s=100, max_bytes=40_000, clock=clock)
+    chat = Chat(saver, max_stored=6)
+    for i in range(30):
+        await chat.turn(f"t/{i % 8}", f"message {i} " + "words " * (i * 7 % 90))
+        assert saver.bytes_held() == held_by_recount(saver)
+        if i == 12:
+            await MemoryBackend(saver).delete("t/3")
+        if i == 20:
+            clock.advance(101)
+            saver.sweep()
+    assert saver.bytes_held() == held_by_recount(saver) > 0
+    assert saver.evicted_lru > 0 and saver.expired > 0
+
+
+async def test_past_the_byte_budget_least_recently_used_threads_go() -> None:
+    saver = BoundedMemorySaver(max_threads=1000, ttl_s=3600, max_bytes=60_000)
+    chat = Chat(saver)
+    for i in range(200):
+        await chat.turn(f"t/{i}", f"thread {i} says " + "something long " * 60)
+        assert saver.bytes_held() <= 60_000
+    assert saver.evicted_bytes > 100 and saver.thread_count < 100
+    assert saver.get_tuple(thread_config("t/0")) is None
+    assert saver.get_tuple(thread_config("t/199")) is not None
+
+
+async def test_squeezed_the_store_works_to_half_its_budget_until_released() -> None:
+    saver = BoundedMemorySaver(max_threads=1000, ttl_s=3600, max_bytes=100_000)
+    backend = MemoryBackend(saver)
+    chat = Chat(saver)
+    for i in range(100):
+        await chat.turn(f"t/{i}", "text " * 100)
+    full = saver.bytes_held()
+    assert full > 80_000
+    backend.relieve(1)  # moderate: the store is not asked for anything
+    assert saver.bytes_held() == full
+    backend.relieve(2)  # high: half the budget, at once
+    assert saver.bytes_held() <= 50_000 and backend.stats()["squeezed"] is True
+    for i in range(100, 150):
+        await chat.turn(f"t/{i}", "text " * 100)
+        assert saver.bytes_held() <= 50_000
+    backend.relieve(0)
+    for i in range(150, 250):
+        await chat.turn(f"t/{i}", "text " * 100)
+    assert saver.bytes_held() > 80_000
+
+
+async def test_compressed_checkpoints_round_trip_and_take_less_room() -> None:
+    plain = BoundedMemorySaver(max_threads=10, ttl_s=3600)
+    packed = BoundedMemorySaver(max_threads=10, ttl_s=3600, compress=True)
+    text = "I would like to move my appointment to Thursday at four, if possible. " * 20
+    for saver in (plain, packed):
+        chat = Chat(saver)
+        for i in range(5):
+            await chat.turn("t/a", f"{i}: {text}")
+    stored_plain = await MemoryBackend(plain).messages("t/a")
+    stored_packed = await MemoryBackend(packed).messages("t/a")
+    assert stored_plain is not None and stored_packed is not None
+    assert [m.text for m in stored_packed] == [m.text for m in stored_plain]
+    assert packed.bytes_held() < plain.bytes_held() / 3
+    kinds = {s.checkpoint[0] for t in packed._threads.values() for s in t.latest.values()}
+    assert kinds == {"msgpack+zstd"}

@@ -1,0 +1,172 @@
+"""Pressure levels, hysteresis, reliefs, gc, admission and the report, with a fake meter."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.errors import MemoryPressure
+from app.memory.governor import MemoryGovernor, Pressure
+from app.memory.trend import MAX_POINTS, LeakDetector
+from app.memory.usage import MIB, Limit
+from app.observability.metrics import Metrics
+from config.settings import Settings
+from tests.clock import FakeClock
+
+LIMIT = 1000 * MIB
+
+
+class FakeMeter:
+    usage_source = "fake"
+
+    def __init__(self) -> None:
+        self.limit = Limit(LIMIT, "setting")
+        self.reading = 100 * MIB
+
+    def usage_bytes(self) -> int:
+        return self.reading
+
+
+def governor(clock: FakeClock | None = None, **overrides: object) -> MemoryGovernor:
+    settings = Settings(**{"memory_gc_interval_s": 30, **overrides})  # type: ignore[arg-type]
+    return MemoryGovernor(settings, FakeMeter(), metrics=Metrics(), clock=clock or FakeClock())
+
+
+def pct(p: float) -> int:
+    return int(LIMIT * p / 100)
+
+
+def test_levels_rise_at_thresholds_and_fall_only_below_the_margin() -> None:
+    gov = governor()
+    seen = [gov.observe(pct(p)).label for p in (
+        50, 70, 66, 64.9, 85, 81, 95, 91, 89.9, 79.9, 10)]
+    assert seen == ["low", "moderate", "moderate", "low", "high", "high", "critical",
+                    "critical", "high", "moderate", "low"]
+    assert gov.transitions == 7
+
+
+def test_each_transition_is_logged_once_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    gov = governor()
+    caplog.set_level(logging.INFO, logger="app.memory.governor")
+    for p in (90, 91, 92, 50, 50):
+        gov.observe(pct(p))
+    transitions = [r for r in caplog.records if "memory pressure" in r.message
+                   and "->" in r.message]
+    assert [r.levelname for r in transitions] == ["WARNING", "INFO"]
+    assert "low -> high" in transitions[0].message
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(gov.metrics.render().decode())
+               for s in family.samples}
+    assert samples[("agenthost_memory_pressure_transitions_total",
+                    (("from_level", "low"), ("to_level", "high")))] == 1
+    assert samples[("agenthost_memory_pressure_level", ())] == 0
+    assert samples[("agenthost_memory_usage_bytes", ())] == pct(50)
+    assert samples[("agenthost_memory_limit_bytes", ())] == LIMIT
+
+
+def test_reliefs_hear_every_level_and_a_failing_one_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gov = governor()
+    heard: list[Pressure] = []
+
+    def broken(level: Pressure) -> None:
+        raise RuntimeError("boom")
+
+    gov.on_pressure(broken)
+    gov.on_pressure(heard.append)
+    for p in (10, 75, 90):
+        gov.observe(pct(p))
+    assert heard == [Pressure.LOW, Pressure.MODERATE, Pressure.HIGH]
+    assert sum("memory relief" in r.message for r in caplog.records) == 3
+
+
+def test_gc_runs_under_high_pressure_at_most_once_per_interval() -> None:
+    clock = FakeClock()
+    gov = governor(clock)
+    gov.observe(pct(80))
+    assert gov.gc_runs == 0  # moderate: no gc
+    for _ in range(5):
+        gov.observe(pct(90))
+        clock.advance(5)
+    assert gov.gc_runs == 1
+    clock.advance(10)
+    gov.observe(pct(96))
+    assert gov.gc_runs == 2
+
+
+def test_streams_are_refused_from_high_and_turns_at_critical() -> None:
+    gov = governor(memory_retry_after_s=9)
+    gov.observe(pct(80))
+    gov.admit("stream")
+    gov.admit("turn")
+    gov.observe(pct(86))
+    gov.admit("turn")
+    with pytest.raises(MemoryPressure) as refused:
+        gov.admit("stream")
+    assert refused.value.status_code == 503 and refused.value.code == "memory_pressure"
+    assert refused.value.headers == {"Retry-After": "9"}
+    gov.observe(pct(97))
+    with pytest.raises(MemoryPressure, match="critical memory pressure"):
+        gov.admit("turn")
+    assert gov.refusals == {"stream": 1, "turn": 1}
+    gov.observe(pct(20))
+    gov.admit("stream")
+    gov.admit("turn")
+    assert 'agenthost_memory_refusals_total{level="critical",route="turn"} 1.0' in \
+        gov.metrics.render().decode()
+
+
+def test_report_status_follows_the_level() -> None:
+    gov = governor()
+    statuses = []
+    for p in (10, 75, 90, 97):
+        gov.observe(pct(p))
+        report = gov.report()
+        statuses.append((report["status"], report["pressure"]))
+    assert statuses == [("healthy", "low"), ("degraded", "moderate"), ("degraded", "high"),
+                        ("unhealthy", "critical")]
+    assert report["limit_mb"] == 1000 and report["limit_source"] == "setting"
+    assert report["usage_pct"] == 97.0 and report["usage_source"] == "fake"
+    assert report["rss_mb"] > 10
+
+
+def test_thresholds_must_rise() -> None:
+    with pytest.raises(ValueError, match="moderate < high < critical"):
+        Settings(memory_moderate=0.9, memory_high=0.8)
+
+
+def test_a_steady_climb_is_a_suspected_leak_and_a_flat_line_is_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    gov = governor(clock, memory_leak_window_s=3600, memory_leak_warmup_s=600,
+                   memory_leak_mb_per_hour=50)
+    for minute in range(10):  # warm-up: a fast climb that does not count
+        gov.observe(100 * MIB + minute * 10 * MIB)
+        clock.advance(60)
+    assert gov.report()["trend_mb_per_hour"] is None
+    for minute in range(40):  # then +2 MiB a minute: 120 MiB/hour
+        gov.observe(200 * MIB + minute * 2 * MIB)
+        clock.advance(60)
+    report = gov.report()
+    assert report["trend_mb_per_hour"] == pytest.approx(120, rel=0.01)
+    assert report["leak_suspected"] is True and report["status"] == "degraded"
+    warnings = [r for r in caplog.records if "a leak is suspected" in r.message]
+    assert len(warnings) == 1
+    for _ in range(60):  # flat for an hour: the window forgets the climb
+        gov.observe(280 * MIB)
+        clock.advance(60)
+    report = gov.report()
+    assert abs(report["trend_mb_per_hour"]) < 5 and report["leak_suspected"] is False
+    assert report["status"] == "healthy"
+
+
+def test_leak_detector_keeps_a_bounded_number_of_points() -> None:
+    detector = LeakDetector(window_s=3600, warmup_s=0, threshold_mb_per_hour=1, started_at=0)
+    for second in range(20000):
+        detector.add(float(second), MIB)
+    assert len(detector._points) <= MAX_POINTS + 1
+    assert detector.slope_mb_per_hour() == pytest.approx(0)
