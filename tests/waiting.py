@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 SAFETY_S = 30.0
 
@@ -28,6 +28,14 @@ async def wait_until(check: Callable[[], bool], safety_s: float = SAFETY_S) -> N
     async with asyncio.timeout(safety_s):
         while not check():  # noqa: ASYNC110 - nothing here to wait on but the state itself
             await asyncio.sleep(0.01)
+
+
+async def poll_until(check: Callable[[], Awaitable[bool]],
+                     safety_s: float = SAFETY_S) -> None:
+    """Poll an async ``check`` (one that asks a service over HTTP) until it holds."""
+    async with asyncio.timeout(safety_s):
+        while not await check():  # noqa: ASYNC110 - the state lives in another process
+            await asyncio.sleep(0.05)
 
 
 async def settle_loop(turns: int = 20) -> None:

@@ -16,8 +16,9 @@ is N tokens instead (for load tests). Triggers inside the last user message:
   that is not JSON.
 - ``[[flaky:N]]`` answers 503 (``retry-after-ms: 10``) to the first N requests with that
   same last user message, then normally: for retries.
-- ``[[gate:NAME]]`` holds a streamed reply after its first token until ``POST /_control``
-  with ``{"release": "NAME"}`` (at most 30 s): a test sees what arrives meanwhile.
+- ``[[gate:NAME]]`` holds a streamed reply after its first token (a whole reply when not
+  streamed) until ``POST /_control`` with ``{"release": "NAME"}`` (at most 30 s): a test
+  sees what happens meanwhile.
 - ``[[tokens:N]]`` replies with N tokens (``[[tokensize:B]]`` pads each to B bytes);
   ``[[slow:MS]]`` waits MS ms between tokens.
 
@@ -196,7 +197,11 @@ class MockOpenAI:
         model = body.get("model", "mock")
         if mode == "badjson":
             return Response(b"this is not json", media_type="application/json")
+        last_text = _text(messages[-1].get("content")) if messages else ""
+        gate = _GATE_RE.search(last_text)
         if not body.get("stream"):
+            if gate is not None:  # a whole reply is held until released
+                await asyncio.wait_for(self._gate(gate.group(1)).wait(), GATE_MAX_S)
             message: dict[str, Any] = {"role": "assistant", "content": text or None}
             if calls:
                 message["tool_calls"] = calls
@@ -209,8 +214,6 @@ class MockOpenAI:
                              "finish_reason": "tool_calls" if calls else "stop"}],
                 "usage": usage,
             })
-        last_text = _text(messages[-1].get("content")) if messages else ""
-        gate = _GATE_RE.search(last_text)
         slow = _SLOW_RE.search(last_text)
         delay = (int(slow.group(1)) if slow else self.behaviour.token_delay_ms) / 1000
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
