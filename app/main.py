@@ -40,8 +40,10 @@ def _embedded_defaults(state: AppState) -> list[str]:
     if settings.offline_model:
         said.append("model: offline built-in model, because OPENAI_API_KEY is not set")
     if not settings.redis_configured:
+        budget = state.backend.stats().get("max_bytes")
+        in_bytes = f", {budget / 2**20:.0f} MiB" if budget else ""
         said.append(
-            f"persistence: bounded in-memory ({settings.memory_max_threads} threads, "
+            f"persistence: bounded in-memory ({settings.memory_max_threads} threads{in_bytes}, "
             "lost on restart), because REDIS_URL is not set"
         )
     if settings.tenants_file == Settings.model_fields["tenants_file"].default:

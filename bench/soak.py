@@ -1,20 +1,22 @@
-"""Soak: the service's memory over batches of multi-turn conversations, per backend.
+"""Soak: the service's memory over many conversations, per backend, sampled over time.
 
-    python -m bench.soak [--backend memory|redis|both] [--batches 5] [--threads 2000]
-                         [--turns 3] [--concurrency 16] [--sse-share 0.5] [--tool-share 0.2]
-                         [--memory-max-threads N]
+    python -m bench.soak [--backend memory|redis|both] [--batches 10] [--threads 3000]
+                         [--turns 2] [--message-bytes 1500] [--concurrency 16]
+                         [--sse-share 0.5] [--tool-share 0.2] [--limit-mb N]
+                         [--memory-max-threads N] [--plot soak.png]
 
 Starts the mock OpenAI server (no latency), a Redis 8 for the Redis backend, and the
 service as an operator runs it (``python -m app``, one worker, real sockets). Each batch
-is ``--threads`` new threads of ``--turns`` turns each: a share streamed over SSE, the
-rest JSON, a share with a tool call on the second turn. After each batch it prints the
-service's RSS and PSS and the batch's turns per second, as a table. Prints figures;
-asserts nothing.
+is ``--threads`` new threads of ``--turns`` turns each, user messages of
+``--message-bytes`` characters of prose (the mock's reply quotes them, so replies are as
+long): a share streamed over SSE, the rest JSON, a share with a tool call on the second
+turn. Meanwhile the service's PSS and pressure level are sampled every ``--sample-s``.
 
-The in-memory backend keeps up to AGENTHOST_MEMORY_MAX_THREADS (10,000) threads, so its
-RSS rises until that many are stored and then levels off (``--memory-max-threads`` sets
-a lower cap to see it sooner); the Redis backend keeps none in the process and should
-level off at once.
+It prints a table per batch (RSS, PSS, turns/s, refusals, pressure), then the growth over
+the second half of the run, the peak against ``--limit-mb`` when given, and draws every
+run's PSS over threads served into ``--plot`` (needs matplotlib:
+``pip install -r requirements-bench.txt``). A 503 ``memory_pressure`` is counted and
+retried after its Retry-After, as a client should. Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -22,13 +24,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from dataclasses import dataclass, field
 
 import httpx
 import psutil
 
+from bench.prose import Prose
 from tests.servers.processes import ManagedProcess, start_app, start_mock_openai, start_redis
 
 TOOL_TURN = "what time is it? [[tool:current_time {}]]"
+MAX_ATTEMPTS = 50
+
+
+@dataclass
+class Run:
+    name: str
+    limit_mb: float | None
+    threads_done: int = 0
+    refused: int = 0
+    samples: list[tuple[float, int, float, str]] = field(default_factory=list)  # t, thr, PSS
+
+    def pss_at(self, threads: int) -> float:
+        return next((s[2] for s in self.samples if s[1] >= threads), self.samples[-1][2])
 
 
 def memory_mb(pid: int) -> tuple[float, float]:
@@ -36,9 +53,22 @@ def memory_mb(pid: int) -> tuple[float, float]:
     return info.rss / 2**20, info.pss / 2**20
 
 
+class Refused(Exception):
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = retry_after
+
+
+def check(response: httpx.Response) -> None:
+    if response.status_code == 503 and b"memory_pressure" in response.content:
+        raise Refused(float(response.headers.get("retry-after", "1")))
+    response.raise_for_status()
+
+
 async def sse_turn(client: httpx.AsyncClient, path: str, text: str) -> None:
     async with client.stream("POST", f"{path}/stream", json={"message": text}) as response:
-        response.raise_for_status()
+        if response.status_code != 200:
+            await response.aread()
+            check(response)
         last = ""
         async for line in response.aiter_lines():
             if line.startswith("event: "):
@@ -48,11 +78,11 @@ async def sse_turn(client: httpx.AsyncClient, path: str, text: str) -> None:
 
 
 async def json_turn(client: httpx.AsyncClient, path: str, text: str) -> None:
-    response = await client.post(f"{path}/messages", json={"message": text})
-    response.raise_for_status()
+    check(await client.post(f"{path}/messages", json={"message": text}))
 
 
-async def batch(client: httpx.AsyncClient, number: int, args: argparse.Namespace) -> int:
+async def batch(client: httpx.AsyncClient, number: int, args: argparse.Namespace,
+                prose: Prose, run: Run) -> int:
     gate = asyncio.Semaphore(args.concurrency)
     sse_every = round(1 / args.sse_share) if args.sse_share > 0 else 0
     tool_every = round(1 / args.tool_share) if args.tool_share > 0 else 0
@@ -63,13 +93,37 @@ async def batch(client: httpx.AsyncClient, number: int, args: argparse.Namespace
             turn = sse_turn if sse_every and i % sse_every == 0 else json_turn
             for t in range(args.turns):
                 tool = t == 1 and tool_every and i % tool_every == 0
-                await turn(client, path, TOOL_TURN if tool else f"turn {t} of thread {i}")
+                text = (TOOL_TURN if tool else prose.message(args.message_bytes)
+                        if args.message_bytes else f"turn {t} of thread {i}")
+                for _ in range(MAX_ATTEMPTS):
+                    try:
+                        await turn(client, path, text)
+                        break
+                    except Refused as refused:
+                        run.refused += 1
+                        await asyncio.sleep(refused.retry_after)
+                else:
+                    raise RuntimeError(f"{path}: refused {MAX_ATTEMPTS} times")
+            run.threads_done += 1
 
     await asyncio.gather(*(thread(i) for i in range(args.threads)))
     return args.threads * args.turns
 
 
-async def soak(backend: str, mock: ManagedProcess, args: argparse.Namespace) -> None:
+async def sampler(app: ManagedProcess, client: httpx.AsyncClient, run: Run,
+                  every_s: float) -> None:
+    started = time.monotonic()
+    while True:
+        try:
+            pressure = (await client.get("/health/memory")).json()["pressure"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            pressure = "?"
+        _, pss = memory_mb(app.pid)
+        run.samples.append((time.monotonic() - started, run.threads_done, pss, pressure))
+        await asyncio.sleep(every_s)
+
+
+async def soak(backend: str, mock: ManagedProcess, args: argparse.Namespace) -> Run:
     redis = start_redis() if backend == "redis" else None
     env = {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": f"http://127.0.0.1:{mock.port}/v1",
            "AGENTHOST_LOG_LEVEL": "WARNING"}
@@ -77,49 +131,111 @@ async def soak(backend: str, mock: ManagedProcess, args: argparse.Namespace) -> 
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis.port}/0"
     if args.memory_max_threads:
         env["AGENTHOST_MEMORY_MAX_THREADS"] = str(args.memory_max_threads)
+    if args.limit_mb:
+        env["AGENTHOST_MEMORY_LIMIT_MB"] = str(args.limit_mb)
+    name = backend + (f", limit {args.limit_mb:g} MB" if args.limit_mb else "")
+    run = Run(name, args.limit_mb)
+    prose = Prose()
     app = start_app(env)
     try:
         rss, pss = memory_mb(app.pid)
-        print(f"\n{backend}: {args.batches} batches of {args.threads} threads x {args.turns} "
-              f"turns, concurrency {args.concurrency}, {args.sse_share:.0%} streamed, "
-              f"{args.tool_share:.0%} with a tool call")
-        print("| threads so far | RSS MB | PSS MB | turns/s |")
-        print("|---|---|---|---|")
-        print(f"| 0 | {rss:.0f} | {pss:.0f} | |", flush=True)
-        limits = httpx.Limits(max_connections=args.concurrency * 2)
+        print(f"\n{name}: {args.batches} batches of {args.threads} threads x {args.turns} "
+              f"turns, messages of {args.message_bytes or 'a few'} characters, concurrency "
+              f"{args.concurrency}, {args.sse_share:.0%} streamed, {args.tool_share:.0%} with "
+              "a tool call")
+        print("| threads so far | RSS MB | PSS MB | turns/s | refused (503) | pressure |")
+        print("|---|---|---|---|---|---|")
+        print(f"| 0 | {rss:.0f} | {pss:.0f} | | | |", flush=True)
+        limits = httpx.Limits(max_connections=args.concurrency * 2 + 2)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.port}", timeout=120,
                                      limits=limits) as client:
-            for number in range(1, args.batches + 1):
-                started = time.perf_counter()
-                turns = await batch(client, number, args)
-                rate = turns / (time.perf_counter() - started)
-                rss, pss = memory_mb(app.pid)
-                print(f"| {number * args.threads:,} | {rss:.0f} | {pss:.0f} | {rate:.0f} |",
-                      flush=True)
+            sampling = asyncio.create_task(sampler(app, client, run, args.sample_s))
+            try:
+                for number in range(1, args.batches + 1):
+                    started = time.perf_counter()
+                    turns = await batch(client, number, args, prose, run)
+                    rate = turns / (time.perf_counter() - started)
+                    rss, pss = memory_mb(app.pid)
+                    report = (await client.get("/health/memory")).json()
+                    print(f"| {number * args.threads:,} | {rss:.0f} | {pss:.0f} | {rate:.0f} "
+                          f"| {run.refused} | {report['pressure']} |", flush=True)
+            finally:
+                sampling.cancel()
+        summarize(run, app)
     finally:
         app.stop()
         if redis is not None:
             redis.stop()
+    return run
+
+
+def summarize(run: Run, app: ManagedProcess) -> None:
+    total = run.threads_done
+    half, end = run.pss_at(total // 2), run.samples[-1][2]
+    peak = max(s[2] for s in run.samples)
+    levels = sorted({s[3] for s in run.samples})
+    print(f"{run.name}: PSS {run.samples[0][2]:.0f} MB at start, {half:.0f} MB at half-way, "
+          f"{end:.0f} MB at the end: {100 * (end - half) / half:+.1f} % over the second half; "
+          f"peak {peak:.0f} MB; pressure levels seen: {', '.join(levels)}; "
+          f"{run.refused} turns refused with 503 and retried; "
+          f"service {'alive' if app.proc.poll() is None else 'DEAD'}")
+    if run.limit_mb:
+        print(f"{run.name}: peak PSS is {100 * peak / run.limit_mb:.0f} % of the limit")
+
+
+def plot(runs: list[Run], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(no plot: matplotlib is not installed; pip install -r requirements-bench.txt)")
+        return
+    figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
+    for run in runs:
+        axis.plot([s[1] for s in run.samples], [s[2] for s in run.samples], label=run.name)
+        if run.limit_mb:
+            axis.axhline(run.limit_mb, linestyle="--", linewidth=1, color="grey",
+                         label=f"limit {run.limit_mb:g} MB")
+    axis.set_xlabel("threads served")
+    axis.set_ylabel("service PSS (MB)")
+    axis.set_ylim(bottom=0)
+    axis.set_title("agenthost soak: memory over conversations served")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+    print(f"plot: {path}")
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=["memory", "redis", "both"], default="both")
-    parser.add_argument("--batches", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2000)
-    parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=3000)
+    parser.add_argument("--turns", type=int, default=2)
+    parser.add_argument("--message-bytes", type=int, default=1500,
+                        help="characters per user message (0: a few words)")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--sse-share", type=float, default=0.5)
     parser.add_argument("--tool-share", type=float, default=0.2)
+    parser.add_argument("--limit-mb", type=float, default=0,
+                        help="AGENTHOST_MEMORY_LIMIT_MB for the service (default: unset)")
     parser.add_argument("--memory-max-threads", type=int, default=0,
                         help="AGENTHOST_MEMORY_MAX_THREADS for the service (default: its own)")
+    parser.add_argument("--sample-s", type=float, default=1.0)
+    parser.add_argument("--plot", help="draw PSS over threads served into this PNG")
     args = parser.parse_args()
     mock = start_mock_openai()
+    runs = []
     try:
         for backend in (["memory", "redis"] if args.backend == "both" else [args.backend]):
-            await soak(backend, mock, args)
+            runs.append(await soak(backend, mock, args))
     finally:
         mock.stop()
+    if args.plot:
+        plot(runs, args.plot)
 
 
 if __name__ == "__main__":

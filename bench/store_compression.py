@@ -15,21 +15,14 @@ import argparse
 import asyncio
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 from app.agents.graph import build_agent_graph
 from app.persistence.memory import ZSTD_LEVEL, BoundedMemorySaver, MemoryBackend
 from app.turns.runner import TurnRunner
+from bench.prose import corpus
 from bench.turn_cost import agent_for
 from config.settings import Settings
-
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
-
-
-def corpus() -> str:
-    text = " ".join(p.read_text(errors="replace") for p in sorted(SEEDS.glob("*.txt")))
-    return " ".join(text.split())
 
 
 class Timed(BoundedMemorySaver):
