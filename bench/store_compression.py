@@ -4,17 +4,20 @@
 
 Runs the same conversations (prose from ``../shared/seeds``, long user messages, the offline
 model's replies) through the service's TurnRunner on a BoundedMemorySaver without and with
-compression, then prints bytes held per thread and the time spent compressing and
-decompressing per turn (measured around the saver's own ``_dump``/``_load``, so the figure
-is the codec's cost alone, not the noise of whole turns). Asserts nothing.
+compression, then prints per thread the bytes the saver counts and the memory it really
+holds (tracemalloc, in a separate pass), and the time spent compressing and decompressing
+per turn (measured around the saver's own ``_dump``/``_load``, so the figure is the codec's
+cost alone, not the noise of whole turns). Asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import time
+import tracemalloc
 from typing import Any
 
 from app.agents.graph import build_agent_graph
@@ -47,13 +50,17 @@ class Timed(BoundedMemorySaver):
             self.codec_s += time.perf_counter() - started
 
 
-async def run(compress: bool, threads: int, turns: int, size: int, text: str) -> dict[str, float]:
+async def run(compress: bool, threads: int, turns: int, size: int, text: str,
+              traced: bool = False) -> dict[str, float]:
     settings = Settings()
     saver = Timed(max_threads=threads + 1, ttl_s=3600, compress=compress)
     _, agent = agent_for(settings)
     runner = TurnRunner(build_agent_graph(saver), MemoryBackend(saver), settings)
     turn_times: list[float] = []
     offset = 0
+    gc.collect()
+    if traced:
+        tracemalloc.start()
     for _turn in range(turns):
         for thread in range(threads):
             start = offset % max(1, len(text) - size)
@@ -62,7 +69,13 @@ async def run(compress: bool, threads: int, turns: int, size: int, text: str) ->
             await runner.run(agent, f"t{thread}", text[start:start + size])
             turn_times.append(time.perf_counter() - started)
     count = threads * turns
+    held = 0.0
+    if traced:
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] / threads
+        tracemalloc.stop()
     return {
+        "held_per_thread": held,
         "bytes_per_thread": saver.bytes_held() / threads,
         "codec_ms_per_turn": saver.codec_s * 1000 / count,
         "turn_ms_median": statistics.median(turn_times) * 1000,
@@ -82,17 +95,20 @@ async def main() -> None:
     rows: dict[bool, list[dict[str, float]]] = {False: [], True: []}
     for _ in range(args.repeats):
         for compress in (False, True):
-            rows[compress].append(await run(compress, args.threads, args.turns,
-                                            args.message_bytes, text))
+            row = await run(compress, args.threads, args.turns, args.message_bytes, text)
+            row["held_per_thread"] = (await run(compress, args.threads, args.turns,
+                                                args.message_bytes, text, traced=True)
+                                      )["held_per_thread"]
+            rows[compress].append(row)
     med = {c: {k: statistics.median(r[k] for r in rows[c]) for k in rows[c][0]} for c in rows}
-    print(f"{'store':<12} {'KiB/thread':>11} {'threads/MiB':>12} {'codec ms/turn':>14} "
-          f"{'turn ms p50':>12}")
+    print(f"{'store':<12} {'counted KiB/thr':>16} {'held KiB/thr':>13} {'threads/MiB':>12} "
+          f"{'codec ms/turn':>14} {'turn ms p50':>12}")
     for compress, name in ((False, "plain"), (True, f"zstd-{ZSTD_LEVEL}")):
         m = med[compress]
-        print(f"{name:<12} {m['bytes_per_thread'] / 1024:11.1f} "
-              f"{2**20 / m['bytes_per_thread']:12.1f} {m['codec_ms_per_turn']:14.3f} "
-              f"{m['turn_ms_median']:12.2f}")
-    ratio = med[False]["bytes_per_thread"] / med[True]["bytes_per_thread"]
+        print(f"{name:<12} {m['bytes_per_thread'] / 1024:16.1f} "
+              f"{m['held_per_thread'] / 1024:13.1f} {2**20 / m['held_per_thread']:12.1f} "
+              f"{m['codec_ms_per_turn']:14.3f} {m['turn_ms_median']:12.2f}")
+    ratio = med[False]["held_per_thread"] / med[True]["held_per_thread"]
     extra = med[True]["codec_ms_per_turn"] - med[False]["codec_ms_per_turn"]
     print(f"zstd holds {ratio:.2f}x the threads per MiB at +{extra:.3f} ms of codec per turn")
 

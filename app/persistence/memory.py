@@ -38,6 +38,10 @@ Typed = tuple[str, bytes]
 COMPRESS_MIN_BYTES = 256
 ZSTD_SUFFIX = "+zstd"
 ZSTD_LEVEL = 1
+# What a thread costs beyond its blobs (its _Thread, dicts, _Saved, id strings, the LRU
+# slot), measured with tracemalloc (bench/store_compression.py): counted with the blobs,
+# so the byte budget is memory really held, not only payload.
+THREAD_OVERHEAD_BYTES = 1000
 # (task_id, channel, value, task_path) keyed by (task_id, write index)
 Writes = dict[tuple[str, int], tuple[str, str, Typed, str]]
 
@@ -62,11 +66,11 @@ class _Thread:
     expires_at: float
     latest: dict[str, _Saved] = field(default_factory=dict)  # by checkpoint namespace
     writes: dict[tuple[str, str], Writes] = field(default_factory=dict)  # (ns, checkpoint id)
-    bytes: int = 0  # serialized bytes held, kept current by the saver
+    bytes: int = THREAD_OVERHEAD_BYTES  # what it holds, kept current by the saver
 
     def size(self) -> int:
         """Recomputed from scratch (tests check the running count against it)."""
-        return (sum(s.size() for s in self.latest.values())
+        return (THREAD_OVERHEAD_BYTES + sum(s.size() for s in self.latest.values())
                 + sum(_writes_size(w) for w in self.writes.values()))
 
 
@@ -165,6 +169,7 @@ class BoundedMemorySaver(BaseCheckpointSaver[int]):
                 return None
             thread = _Thread(expires_at=now + self.ttl_s)
             self._threads[thread_id] = thread
+            self._bytes += thread.bytes
             while len(self._threads) > self.max_threads:
                 self._forget(next(iter(self._threads)))
                 self.evicted_lru += 1
@@ -176,7 +181,10 @@ class BoundedMemorySaver(BaseCheckpointSaver[int]):
     def _dump(self, value: Any) -> Typed:
         kind, data = self.serde.dumps_typed(value)
         if self.compress and len(data) >= COMPRESS_MIN_BYTES:
-            return kind + ZSTD_SUFFIX, self._zstd_in.compress(data)
+            # python-zstandard returns bytes whose allocation is the compression bound (the
+            # input's size and more), not their length: held as is, a compressed checkpoint
+            # would take more memory than the plain one. The copy is exact-size.
+            return kind + ZSTD_SUFFIX, bytes(memoryview(self._zstd_in.compress(data)))
         return kind, data
 
     def _load(self, typed: Typed) -> Any:

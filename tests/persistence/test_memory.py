@@ -1,12 +1,14 @@
 import gc
 import tracemalloc
 
+import pytest
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from app.agents.graph import TenantAgent, TurnContext, build_agent_graph
 from app.llm.offline import OfflineChatModel
 from app.persistence.base import thread_config
 from app.persistence.memory import BoundedMemorySaver, MemoryBackend
+from bench.prose import Prose
 from tests.clock import FakeClock
 
 
@@ -195,3 +197,29 @@ async def test_compressed_checkpoints_round_trip_and_take_less_room() -> None:
     assert packed.bytes_held() < plain.bytes_held() / 3
     kinds = {s.checkpoint[0] for t in packed._threads.values() for s in t.latest.values()}
     assert kinds == {"msgpack+zstd"}
+
+
+@pytest.mark.parametrize("compress", [False, True])
+async def test_the_byte_count_is_the_memory_really_held(compress: bool) -> None:
+    """What the budget counts is what tracemalloc sees the store hold: python-zstandard's
+    output is over-allocated (the compression bound) unless copied, which once made the
+    compressed store larger in memory than the plain one while counting a third of it."""
+    saver = BoundedMemorySaver(max_threads=1000, ttl_s=3600, compress=compress)
+    chat = Chat(saver)
+    prose = Prose()
+    for i in range(20):  # warm: caches, interned strings, the graph
+        await chat.turn(f"w/{i}", prose.message(1500))
+    gc.collect()
+    counted_before = saver.bytes_held()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for i in range(150):
+            await chat.turn(f"t/{i}", prose.message(1500))
+            await chat.turn(f"t/{i}", prose.message(1500))
+        gc.collect()
+        traced = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    counted = saver.bytes_held() - counted_before
+    assert 0.75 < traced / counted < 1.3, (traced, counted)
