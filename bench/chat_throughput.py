@@ -1,13 +1,15 @@
 """JSON chat turns per second on one worker, next to the OpenAI client alone.
 
     python -m bench.chat_throughput [--concurrency 32] [--seconds 10] [--redis]
+                                    [--set AGENTHOST_NAME=value ...]
 
 Starts the mock OpenAI server (no latency) and the service (``python -m app``, one
 worker; in-memory persistence, or a Redis 8 it starts with ``--redis``), then:
 - ceiling: the OpenAI Python client alone calling the mock, same concurrency;
 - service: ``POST .../messages`` on 1,000 rotating threads, same concurrency.
 Reports calls or turns per second, p50/p99 latency and the service's RSS before and
-after. Prints figures; asserts nothing.
+after. ``--set`` passes settings to the service (e.g. ``AGENTHOST_MEMORY_TRACEMALLOC=true``
+to price allocation tracing). Prints figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ async def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--redis", action="store_true")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the service, repeatable")
     args = parser.parse_args()
     mock = start_mock_openai()
     redis = start_redis() if args.redis else None
@@ -58,6 +62,7 @@ async def main() -> None:
            "AGENTHOST_LOG_LEVEL": "WARNING"}
     if redis is not None:
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis.port}/0"
+    env.update(item.split("=", 1) for item in args.set)
     app = start_app(env)
     try:
         client = openai.AsyncOpenAI(api_key="sk-bench", base_url=env["OPENAI_BASE_URL"],

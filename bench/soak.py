@@ -4,6 +4,7 @@
                          [--turns 2] [--message-bytes 1500] [--concurrency 16]
                          [--sse-share 0.5] [--tool-share 0.2] [--limit-mb N]
                          [--memory-max-threads N] [--plot soak.png]
+                         [--burst-threads 300 --burst-reply-kb 2000 --burst-concurrency 48]
 
 Starts the mock OpenAI server (no latency), a Redis 8 for the Redis backend, and the
 service as an operator runs it (``python -m app``, one worker, real sockets). Each batch
@@ -11,6 +12,11 @@ is ``--threads`` new threads of ``--turns`` turns each, user messages of
 ``--message-bytes`` characters of prose (the mock's reply quotes them, so replies are as
 long): a share streamed over SSE, the rest JSON, a share with a tool call on the second
 turn. Meanwhile the service's PSS and pressure level are sampled every ``--sample-s``.
+
+With ``--burst-threads``, a burst follows the batches: that many threads at
+``--burst-concurrency``, each one JSON turn whose reply is ``--burst-reply-kb`` KB (the
+mock's ``[[tokens:N]] [[tokensize:1000]]``), to push a service under ``--limit-mb`` into
+pressure; then a calm batch of ordinary traffic shows whether it recovers.
 
 It prints a table per batch (RSS, PSS, turns/s, refusals, pressure), then the growth over
 the second half of the run, the peak against ``--limit-mb`` when given, and draws every
@@ -42,15 +48,18 @@ class Run:
     limit_mb: float | None
     threads_done: int = 0
     refused: int = 0
-    samples: list[tuple[float, int, float, str]] = field(default_factory=list)  # t, thr, PSS
+    # seconds, threads served, RSS, PSS, USS (MB), pressure level
+    samples: list[tuple[float, int, float, float, float, str]] = field(default_factory=list)
 
-    def pss_at(self, threads: int) -> float:
-        return next((s[2] for s in self.samples if s[1] >= threads), self.samples[-1][2])
+    def at(self, threads: int) -> tuple[float, int, float, float, float, str]:
+        return next((s for s in self.samples if s[1] >= threads), self.samples[-1])
 
 
-def memory_mb(pid: int) -> tuple[float, float]:
+def memory_mb(pid: int) -> tuple[float, float, float]:
+    """RSS, PSS and USS. A lone process's PSS moves when processes it shares library pages
+    with come and go (the load generator, the mock); USS, its private pages, does not."""
     info = psutil.Process(pid).memory_full_info()
-    return info.rss / 2**20, info.pss / 2**20
+    return info.rss / 2**20, info.pss / 2**20, info.uss / 2**20
 
 
 class Refused(Exception):
@@ -82,22 +91,27 @@ async def json_turn(client: httpx.AsyncClient, path: str, text: str) -> None:
 
 
 async def batch(client: httpx.AsyncClient, number: int, args: argparse.Namespace,
-                prose: Prose, run: Run) -> int:
-    gate = asyncio.Semaphore(args.concurrency)
-    sse_every = round(1 / args.sse_share) if args.sse_share > 0 else 0
+                prose: Prose, run: Run, *, threads: int | None = None,
+                concurrency: int | None = None, text: str | None = None,
+                sse_share: float | None = None) -> int:
+    threads = threads or args.threads
+    turns = 1 if text else args.turns
+    gate = asyncio.Semaphore(concurrency or args.concurrency)
+    share = args.sse_share if sse_share is None else sse_share
+    sse_every = round(1 / share) if share > 0 else 0
     tool_every = round(1 / args.tool_share) if args.tool_share > 0 else 0
 
     async def thread(i: int) -> None:
         async with gate:
             path = f"/v1/tenants/demo/threads/soak-{number}-{i}"
             turn = sse_turn if sse_every and i % sse_every == 0 else json_turn
-            for t in range(args.turns):
+            for t in range(turns):
                 tool = t == 1 and tool_every and i % tool_every == 0
-                text = (TOOL_TURN if tool else prose.message(args.message_bytes)
-                        if args.message_bytes else f"turn {t} of thread {i}")
+                said = text or (TOOL_TURN if tool else prose.message(args.message_bytes)
+                                if args.message_bytes else f"turn {t} of thread {i}")
                 for _ in range(MAX_ATTEMPTS):
                     try:
-                        await turn(client, path, text)
+                        await turn(client, path, said)
                         break
                     except Refused as refused:
                         run.refused += 1
@@ -106,8 +120,8 @@ async def batch(client: httpx.AsyncClient, number: int, args: argparse.Namespace
                     raise RuntimeError(f"{path}: refused {MAX_ATTEMPTS} times")
             run.threads_done += 1
 
-    await asyncio.gather(*(thread(i) for i in range(args.threads)))
-    return args.threads * args.turns
+    await asyncio.gather(*(thread(i) for i in range(threads)))
+    return threads * turns
 
 
 async def sampler(app: ManagedProcess, client: httpx.AsyncClient, run: Run,
@@ -118,8 +132,9 @@ async def sampler(app: ManagedProcess, client: httpx.AsyncClient, run: Run,
             pressure = (await client.get("/health/memory")).json()["pressure"]
         except (httpx.HTTPError, KeyError, ValueError):
             pressure = "?"
-        _, pss = memory_mb(app.pid)
-        run.samples.append((time.monotonic() - started, run.threads_done, pss, pressure))
+        rss, pss, uss = memory_mb(app.pid)
+        run.samples.append((time.monotonic() - started, run.threads_done, rss, pss, uss,
+                            pressure))
         await asyncio.sleep(every_s)
 
 
@@ -138,27 +153,40 @@ async def soak(backend: str, mock: ManagedProcess, args: argparse.Namespace) -> 
     prose = Prose()
     app = start_app(env)
     try:
-        rss, pss = memory_mb(app.pid)
+        rss, pss, uss = memory_mb(app.pid)
         print(f"\n{name}: {args.batches} batches of {args.threads} threads x {args.turns} "
               f"turns, messages of {args.message_bytes or 'a few'} characters, concurrency "
               f"{args.concurrency}, {args.sse_share:.0%} streamed, {args.tool_share:.0%} with "
               "a tool call")
-        print("| threads so far | RSS MB | PSS MB | turns/s | refused (503) | pressure |")
-        print("|---|---|---|---|---|---|")
-        print(f"| 0 | {rss:.0f} | {pss:.0f} | | | |", flush=True)
+        print("| threads so far | RSS MB | PSS MB | USS MB | turns/s | refused in batch | "
+              "pressure after |")
+        print("|---|---|---|---|---|---|---|")
+        print(f"| 0 | {rss:.0f} | {pss:.0f} | {uss:.0f} | | | |", flush=True)
         limits = httpx.Limits(max_connections=args.concurrency * 2 + 2)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.port}", timeout=120,
                                      limits=limits) as client:
             sampling = asyncio.create_task(sampler(app, client, run, args.sample_s))
             try:
-                for number in range(1, args.batches + 1):
+                phases = [("", number, {}) for number in range(1, args.batches + 1)]
+                if args.burst_threads:
+                    burst = {"threads": args.burst_threads,
+                             "concurrency": args.burst_concurrency,
+                             "text": f"[[tokens:{args.burst_reply_kb}]] [[tokensize:1000]]",
+                             # JSON only: a Python client parsing 48 streams of 2 MB each
+                             # would be the bottleneck (and cut off as a slow consumer)
+                             "sse_share": 0.0}
+                    phases += [("burst: ", args.batches + 1, burst),
+                               ("calm: ", args.batches + 2, {})]
+                for label, number, extra in phases:
                     started = time.perf_counter()
-                    turns = await batch(client, number, args, prose, run)
+                    refused_before = run.refused
+                    turns = await batch(client, number, args, prose, run, **extra)
                     rate = turns / (time.perf_counter() - started)
-                    rss, pss = memory_mb(app.pid)
+                    rss, pss, uss = memory_mb(app.pid)
                     report = (await client.get("/health/memory")).json()
-                    print(f"| {number * args.threads:,} | {rss:.0f} | {pss:.0f} | {rate:.0f} "
-                          f"| {run.refused} | {report['pressure']} |", flush=True)
+                    print(f"| {label}{run.threads_done:,} | {rss:.0f} | {pss:.0f} | {uss:.0f} "
+                          f"| {rate:.0f} | {run.refused - refused_before} | "
+                          f"{report['pressure']} |", flush=True)
             finally:
                 sampling.cancel()
         summarize(run, app)
@@ -170,17 +198,18 @@ async def soak(backend: str, mock: ManagedProcess, args: argparse.Namespace) -> 
 
 
 def summarize(run: Run, app: ManagedProcess) -> None:
-    total = run.threads_done
-    half, end = run.pss_at(total // 2), run.samples[-1][2]
-    peak = max(s[2] for s in run.samples)
-    levels = sorted({s[3] for s in run.samples})
-    print(f"{run.name}: PSS {run.samples[0][2]:.0f} MB at start, {half:.0f} MB at half-way, "
-          f"{end:.0f} MB at the end: {100 * (end - half) / half:+.1f} % over the second half; "
-          f"peak {peak:.0f} MB; pressure levels seen: {', '.join(levels)}; "
-          f"{run.refused} turns refused with 503 and retried; "
-          f"service {'alive' if app.proc.poll() is None else 'DEAD'}")
+    half, end = run.at(run.threads_done // 2), run.samples[-1]
+    growth = ", ".join(
+        f"{name} {half[i]:.0f} -> {end[i]:.0f} MB ({100 * (end[i] - half[i]) / half[i]:+.1f} %)"
+        for name, i in (("RSS", 2), ("PSS", 3), ("USS", 4)))
+    peak_rss, peak_pss = max(s[2] for s in run.samples), max(s[3] for s in run.samples)
+    levels = sorted({s[5] for s in run.samples})
+    print(f"{run.name}: second half of the run: {growth}; peak RSS {peak_rss:.0f} MB, PSS "
+          f"{peak_pss:.0f} MB; pressure levels seen: {', '.join(levels)}; {run.refused} "
+          f"turns refused with 503 and retried; service "
+          f"{'alive' if app.proc.poll() is None else 'DEAD'}")
     if run.limit_mb:
-        print(f"{run.name}: peak PSS is {100 * peak / run.limit_mb:.0f} % of the limit")
+        print(f"{run.name}: peak PSS is {100 * peak_pss / run.limit_mb:.0f} % of the limit")
 
 
 def plot(runs: list[Run], path: str) -> None:
@@ -194,12 +223,15 @@ def plot(runs: list[Run], path: str) -> None:
         return
     figure, axis = plt.subplots(figsize=(8, 4.5), dpi=100)
     for run in runs:
-        axis.plot([s[1] for s in run.samples], [s[2] for s in run.samples], label=run.name)
+        axis.plot([s[1] for s in run.samples], [s[3] for s in run.samples],
+                  label=f"{run.name}: PSS")
+        axis.plot([s[1] for s in run.samples], [s[4] for s in run.samples], linestyle=":",
+                  label=f"{run.name}: USS")
         if run.limit_mb:
             axis.axhline(run.limit_mb, linestyle="--", linewidth=1, color="grey",
                          label=f"limit {run.limit_mb:g} MB")
     axis.set_xlabel("threads served")
-    axis.set_ylabel("service PSS (MB)")
+    axis.set_ylabel("service memory (MB)")
     axis.set_ylim(bottom=0)
     axis.set_title("agenthost soak: memory over conversations served")
     axis.grid(alpha=0.3)
@@ -225,6 +257,9 @@ async def main() -> None:
     parser.add_argument("--memory-max-threads", type=int, default=0,
                         help="AGENTHOST_MEMORY_MAX_THREADS for the service (default: its own)")
     parser.add_argument("--sample-s", type=float, default=1.0)
+    parser.add_argument("--burst-threads", type=int, default=0)
+    parser.add_argument("--burst-reply-kb", type=int, default=2000)
+    parser.add_argument("--burst-concurrency", type=int, default=48)
     parser.add_argument("--plot", help="draw PSS over threads served into this PNG")
     args = parser.parse_args()
     mock = start_mock_openai()

@@ -186,7 +186,8 @@ class Settings(BaseSettings):
     )
     memory_sample_s: float = Field(1.0, gt=0, description="Seconds between memory samples.")
     memory_gc_interval_s: float = Field(
-        30.0, ge=0, description="Under high pressure, run gc.collect() at most this often.",
+        10.0, ge=0, description="Under high pressure, run gc.collect() and malloc_trim at most "
+        "this often.",
     )
     memory_retry_after_s: int = Field(
         5, ge=1, description="Retry-After (seconds) on 503 memory_pressure.",

@@ -18,6 +18,8 @@ depends on any of this.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import enum
 import gc
 import logging
@@ -32,6 +34,22 @@ from app.observability.metrics import Metrics
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    """glibc's ``malloc_trim(0)``: hands freed heap pages back to the system. CPython frees
+    into malloc's arenas, which keep them: without it, memory freed after a burst stays
+    resident, and a service could stay at high pressure with nothing left to free."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
 
 
 class Pressure(enum.IntEnum):
@@ -76,6 +94,7 @@ class MemoryGovernor:
         self._last_gc: float | None = None
         self._reliefs: list[Relief] = []
         self._leak_reported = False
+        self._trim = _malloc_trim()
         self.leak = LeakDetector(window_s=settings.memory_leak_window_s,
                                  warmup_s=settings.memory_leak_warmup_s,
                                  threshold_mb_per_hour=settings.memory_leak_mb_per_hour,
@@ -141,10 +160,13 @@ class MemoryGovernor:
             return
         self._last_gc = now
         freed = gc.collect()
+        if self._trim is not None:
+            self._trim()
         self.gc_runs += 1
         self.metrics.memory_gc_runs.inc()
-        logger.info("memory pressure %s: gc.collect() found %d unreachable objects",
-                    self.level.label, freed)
+        logger.info("memory pressure %s: gc.collect() found %d unreachable objects%s",
+                    self.level.label, freed,
+                    "; malloc_trim returned freed heap pages" if self._trim else "")
 
     def _watch_trend(self, now: float, usage_bytes: int) -> None:
         self.leak.add(now, usage_bytes)
