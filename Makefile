@@ -7,7 +7,7 @@ PIP_VERSION := 26.3
 .PHONY: run test lint coverage clean
 
 run: $(VENV)/.deps-run
-	$(BIN)/python -m app
+	$(BIN)/gunicorn -c config/gunicorn.conf.py app.asgi:app
 
 test: $(VENV)/.deps-test
 	$(BIN)/ruff check .

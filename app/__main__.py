@@ -10,9 +10,8 @@ from pydantic import ValidationError
 
 from app.main import create_app
 from app.observability.logging import configure_logging
+from app.worker import graceful_shutdown_s
 from config.settings import Settings
-
-SHUTDOWN_MARGIN_S = 5
 
 
 def main() -> int:
@@ -37,7 +36,7 @@ def main() -> int:
         # here, so streams still running then get their final event before uvicorn
         # closes their connections. Turns whose client left get the grace again in the
         # lifespan's shutdown.
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + SHUTDOWN_MARGIN_S,
+        timeout_graceful_shutdown=graceful_shutdown_s(settings),
     )
     return 0
 

@@ -46,6 +46,17 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address the service binds to.")
     port: int = Field(8000, ge=1, le=65535, description="TCP port the service binds to.")
     log_level: str = Field("INFO", description="Root log level (DEBUG, INFO, WARNING, ERROR).")
+    workers: int = Field(
+        2, ge=1, le=64,
+        validation_alias=AliasChoices("AGENTHOST_WORKERS", "WEB_CONCURRENCY"),
+        description="Gunicorn worker processes (also read from WEB_CONCURRENCY). One, "
+        "whatever this says, without Redis: conversations then live in the process.",
+    )
+    worker_max_requests: int = Field(
+        1000, ge=0, description="A Gunicorn worker is replaced after this many requests "
+        "(plus up to 50 of jitter; 0: never). Off without Redis, which would lose the "
+        "conversations it holds.",
+    )
     allow_public_without_auth: bool = Field(
         False,
         description="Permit a non-loopback host with auth off. Refused by default.",

@@ -70,9 +70,7 @@ class AgentCache:
         metrics: Metrics | None = None,
     ) -> None:
         self._builder = builder
-        # Its counts below are the only ones: Prometheus reads them when it scrapes.
         self._metrics = metrics or Metrics()
-        self._metrics.watch_agent_cache(self)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.ttl_s = ttl_s
@@ -110,10 +108,12 @@ class AgentCache:
                 entry.last_used = now
                 self._entries.move_to_end(tenant_id)
                 self.hits += 1
+                self._metrics.agent_cache_hits.inc()
                 return entry.built.agent
             if not fresh:
                 self._evict(tenant_id, "invalidated" if entry.config is not config else "ttl")
         self.misses += 1
+        self._metrics.agent_cache_misses.inc()
         building = self._building.get(tenant_id)
         if building is not None and building[0] is config:
             return (await asyncio.shield(building[1])).agent
@@ -145,6 +145,7 @@ class AgentCache:
             retry_at=now + self.retry_s if built.degraded else None,
         )
         self.bytes += size
+        self._sizes_changed()
         self._fit()
 
     def _fit(self, over_count: str = "lru", over_bytes: str = "budget") -> None:
@@ -159,6 +160,12 @@ class AgentCache:
             return
         self.bytes -= entry.size
         self.evictions[reason] = self.evictions.get(reason, 0) + 1
+        self._metrics.agent_cache_evictions.labels(reason).inc()
+        self._sizes_changed()
+
+    def _sizes_changed(self) -> None:
+        self._metrics.agent_cache_entries.set(len(self._entries))
+        self._metrics.agent_cache_bytes.set(self.bytes)
 
     def invalidate(self, tenant_id: str) -> None:
         """The tenant's config changed or it is gone: drop its agent now."""

@@ -1,19 +1,21 @@
 """``Metrics``: every Prometheus metric of one app, in that app's own registry.
 
 Built in the lifespan and handed to what records (no process-global registry: two apps
-in one process, as in the tests, never mix their counts). The agent cache keeps its own
-counts and is read at scrape time (``AgentCacheCollector``), so there is one source of
-truth for them.
+in one process, as in the tests, never mix their counts).
+
+Under Gunicorn (``config/gunicorn.conf.py`` sets ``PROMETHEUS_MULTIPROC_DIR`` before
+anything imports prometheus_client), every worker writes its values to files there and a
+scrape answered by any worker reads them all (``MultiProcessCollector``): counters and
+histograms add up, counts of a dead or recycled worker included; each gauge says how its
+workers' values combine (``multiprocess_mode``), and live-only modes forget dead workers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Protocol
+import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client.multiprocess import MultiProcessCollector
 
 STREAM_EVENT_TYPES = ("token", "tool", "message", "done", "error")
 
@@ -34,7 +36,8 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
             registry=r)
         self.streams_active = Gauge(
-            "agenthost_streams_active", "Live SSE streams in this worker.", registry=r)
+            "agenthost_streams_active", "Live SSE streams (all workers).", registry=r,
+            multiprocess_mode="livesum")
         self.stream_events = Counter(
             "agenthost_stream_events_total", "SSE events queued for clients, by event type.",
             ["event"], registry=r)
@@ -54,7 +57,8 @@ class Metrics:
             registry=r)
         self.stream_queue_high_water = Gauge(
             "agenthost_stream_queue_high_water",
-            "Deepest any stream queue has been in this worker.", registry=r)
+            "Deepest any stream queue has been (deepest of the live workers).", registry=r,
+            multiprocess_mode="livemax")
         self.janitor_removed = Counter(
             "agenthost_janitor_removed_total", "Items the janitor cleaned up, by sweep.",
             ["sweep"], registry=r)
@@ -68,14 +72,15 @@ class Metrics:
 
         self.memory_limit = Gauge(
             "agenthost_memory_limit_bytes", "Memory the service may use (see limit_source in "
-            "/health/memory).", registry=r)
+            "/health/memory).", registry=r, multiprocess_mode="livemax")
         self.memory_usage = Gauge(
             "agenthost_memory_usage_bytes",
             "Memory counted against the limit (cgroup usage or the process tree's PSS).",
-            registry=r)
+            registry=r, multiprocess_mode="livemostrecent")
         self.memory_pressure = Gauge(
             "agenthost_memory_pressure_level",
-            "Memory pressure: 0 low, 1 moderate, 2 high, 3 critical.", registry=r)
+            "Memory pressure: 0 low, 1 moderate, 2 high, 3 critical (highest of the live "
+            "workers).", registry=r, multiprocess_mode="livemax")
         self.memory_transitions = Counter(
             "agenthost_memory_pressure_transitions_total",
             "Memory pressure level changes.", ["from_level", "to_level"], registry=r)
@@ -88,52 +93,33 @@ class Metrics:
             registry=r)
         self.memory_leak_slope = Gauge(
             "agenthost_memory_growth_mb_per_hour",
-            "Least-squares slope of memory usage over the leak-detection window.", registry=r)
-
-    def watch_agent_cache(self, cache: CacheStats) -> None:
-        self.registry.register(AgentCacheCollector(cache))
+            "Least-squares slope of memory usage over the leak-detection window.", registry=r,
+            multiprocess_mode="livemax")
+        self.agent_cache_entries = Gauge(
+            "agenthost_agent_cache_entries", "Tenant agents cached (all live workers).",
+            registry=r, multiprocess_mode="livesum")
+        self.agent_cache_bytes = Gauge(
+            "agenthost_agent_cache_estimated_bytes",
+            "Estimated bytes held by cached tenant agents (all live workers).", registry=r,
+            multiprocess_mode="livesum")
+        self.agent_cache_hits = Counter(
+            "agenthost_agent_cache_hits", "Agent cache hits.", registry=r)
+        self.agent_cache_misses = Counter(
+            "agenthost_agent_cache_misses", "Agent cache misses.", registry=r)
+        self.agent_cache_evictions = Counter(
+            "agenthost_agent_cache_evictions",
+            "Agents dropped from the cache, by reason (lru, budget, ttl, invalidated, "
+            "pressure).", ["reason"], registry=r)
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
+        """The Prometheus text exposition of every metric (of every worker, under
+        Gunicorn)."""
+        if multiprocess():
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
         return generate_latest(self.registry)
 
 
-class CacheStats(Protocol):
-    """What the agent cache counts itself (app/agents/cache.py)."""
-
-    hits: int
-    misses: int
-    bytes: int
-    evictions: dict[str, int]
-
-    def __len__(self) -> int: ...
-
-
-class AgentCacheCollector(Collector):
-    """The agent cache's own counts, read when Prometheus scrapes."""
-
-    def __init__(self, cache: CacheStats) -> None:
-        self._cache = cache
-
-    def collect(self) -> Iterator[Metric]:
-        cache = self._cache
-        yield GaugeMetricFamily("agenthost_agent_cache_entries", "Tenant agents cached.",
-                                value=len(cache))
-        yield GaugeMetricFamily("agenthost_agent_cache_estimated_bytes",
-                                "Estimated bytes held by cached tenant agents.",
-                                value=cache.bytes)
-        yield CounterMetricFamily("agenthost_agent_cache_hits", "Agent cache hits.",
-                                  value=cache.hits)
-        yield CounterMetricFamily("agenthost_agent_cache_misses", "Agent cache misses.",
-                                  value=cache.misses)
-        evictions = CounterMetricFamily(
-            "agenthost_agent_cache_evictions",
-            "Agents dropped from the cache, by reason (lru, budget, ttl, invalidated, "
-            "pressure).",
-            labels=["reason"])
-        for reason, count in sorted(cache.evictions.items()):
-            evictions.add_metric([reason], count)
-        yield evictions
-
-    def describe(self) -> list[Any]:
-        return []  # collected fresh on every scrape; nothing to describe up front
+def multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))

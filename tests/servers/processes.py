@@ -133,6 +133,15 @@ def start_app(env: Mapping[str, str], port: int | None = None,
     raise RuntimeError(f"app did not become healthy; log:\n{proc.log_text()[-3000:]}")
 
 
+GUNICORN_ARGS = ["-c", "config/gunicorn.conf.py", "app.asgi:app"]
+
+
+def start_gunicorn(env: Mapping[str, str], port: int | None = None) -> ManagedProcess:
+    """The service as ``make run`` serves it: Gunicorn with Uvicorn workers."""
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    return start_app(env, port, args=[gunicorn, *GUNICORN_ARGS])
+
+
 def start_mcp_server(port: int | None = None) -> ManagedProcess:
     port = port or free_port()
     return ManagedProcess([sys.executable, "-m", "tests.servers.mcp_server", "--port", str(port)],

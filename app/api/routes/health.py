@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 from fastapi import APIRouter, Response
@@ -43,6 +44,7 @@ async def ready(state: StateDep) -> JSONResponse:
 async def cache_stats(state: StateDep) -> dict[str, Any]:
     """The agent cache, the conversation store and live streams of this worker."""
     return {
+        "worker_pid": os.getpid(),
         "agent_cache": state.agents.stats(),
         "persistence": state.backend.stats(),
         "streams": state.streams.stats(),
