@@ -9,13 +9,16 @@ PIP_VERSION := 26.3
 run: $(VENV)/.deps-run
 	$(BIN)/gunicorn -c config/gunicorn.conf.py app.asgi:app
 
-test: $(VENV)/.deps-test
+# Prometheus and promtool (Debian's package): the tests lint and scrape the metrics.
+PROMETHEUS := /usr/bin/prometheus
+
+test: $(VENV)/.deps-test $(PROMETHEUS)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # Branch coverage of app/, service subprocesses included (by hand; slower than `make test`).
-coverage: $(VENV)/.deps-test
+coverage: $(VENV)/.deps-test $(PROMETHEUS)
 	rm -rf .coverage
 	$(BIN)/python -m coverage run -m pytest
 	$(BIN)/python -m coverage combine --quiet
@@ -36,6 +39,9 @@ $(VENV)/.deps-run: requirements.txt | $(BIN)/python
 $(VENV)/.deps-test: requirements.txt requirements-test.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements-test.txt
 	touch $@ $(VENV)/.deps-run
+
+$(PROMETHEUS):
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 
 from tests.conftest import MockLLM
-from tests.servers.processes import ROOT, start_gunicorn
+from tests.observability.promtool import assert_promtool_accepts
+from tests.servers.processes import ROOT, start_gunicorn, start_prometheus
 from tests.waiting import wait_for
 
 TURNS = 150
@@ -67,6 +68,21 @@ def test_metrics_count_every_worker_and_survive_recycling(
             assert sample(metrics, "agenthost_agent_cache_misses_total") >= 1
             assert sample(metrics, "agenthost_streams_active") == 0
         assert "agenthost_memory_limit_bytes" in metrics
+        assert_promtool_accepts(metrics)
+        # A real Prometheus scrapes it and sees the same totals.
+        prometheus = start_prometheus(f"127.0.0.1:{app.port}")
+        try:
+            query = f"http://127.0.0.1:{prometheus.port}/api/v1/query"
+
+            def scraped(expr: str) -> float | None:
+                result = httpx.get(query, params={"query": expr}).json()["data"]["result"]
+                return float(result[0]["value"][1]) if result else None
+
+            wait_for(lambda: scraped('agenthost_turns_total{outcome="ok"}') == TURNS)
+            assert scraped('up{job="agenthost"}') == 1
+            assert scraped("agenthost_memory_pressure_level") == 0
+        finally:
+            prometheus.stop()
     finally:
         app.signal(signal.SIGTERM)
         code = app.proc.wait(60)

@@ -172,7 +172,7 @@ class MemoryGovernor:
         self.leak.add(now, usage_bytes)
         slope = self.leak.slope_mb_per_hour()
         if slope is not None:
-            self.metrics.memory_leak_slope.set(slope)
+            self.metrics.memory_leak_slope.set(slope * MIB / 3600)
         suspected = self.leak.suspected()
         if suspected and not self._leak_reported:
             logger.warning("memory grows %.1f MiB/hour over the last %.0f s (threshold %g): "

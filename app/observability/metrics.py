@@ -92,7 +92,7 @@ class Metrics:
             "agenthost_memory_gc_runs_total", "gc.collect() runs under high memory pressure.",
             registry=r)
         self.memory_leak_slope = Gauge(
-            "agenthost_memory_growth_mb_per_hour",
+            "agenthost_memory_growth_bytes_per_second",
             "Least-squares slope of memory usage over the leak-detection window.", registry=r,
             multiprocess_mode="livemax")
         self.agent_cache_entries = Gauge(

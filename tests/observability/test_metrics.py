@@ -7,6 +7,7 @@ import re
 import httpx
 
 from tests.conftest import SettingsFactory, app_client
+from tests.observability.promtool import assert_promtool_accepts
 
 
 def sample(text: str, name: str) -> float:
@@ -34,3 +35,12 @@ async def test_two_apps_in_one_process_count_separately(make_settings: SettingsF
     assert sample(first, "agenthost_agent_cache_hits_total") == 2
     assert sample(first, "agenthost_agent_cache_entries") == 1
     assert sample(second, "agenthost_agent_cache_hits_total") == 0
+
+
+async def test_the_single_process_exposition_passes_promtool(
+    make_settings: SettingsFactory,
+) -> None:
+    async with app_client(make_settings()) as client:
+        for i in range(3):
+            await chat(client, f"t{i}")
+        assert_promtool_accepts((await client.get("/metrics")).text)

@@ -133,6 +133,22 @@ def start_app(env: Mapping[str, str], port: int | None = None,
     raise RuntimeError(f"app did not become healthy; log:\n{proc.log_text()[-3000:]}")
 
 
+def start_prometheus(target: str, port: int | None = None) -> ManagedProcess:
+    """Prometheus (Debian's ``prometheus`` package) scraping ``target`` (host:port) every
+    second, its data in a temp dir."""
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="agenthost-prometheus-"))
+    config = workdir / "prometheus.yml"
+    config.write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        "scrape_configs:\n"
+        f"  - job_name: agenthost\n    static_configs: [{{targets: ['{target}']}}]\n")
+    return ManagedProcess(
+        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        port, log_name="prometheus")
+
+
 GUNICORN_ARGS = ["-c", "config/gunicorn.conf.py", "app.asgi:app"]
 
 
