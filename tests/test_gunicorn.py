@@ -11,7 +11,13 @@ import httpx
 
 from tests.conftest import MockLLM
 from tests.observability.promtool import assert_promtool_accepts
-from tests.servers.processes import ROOT, start_gunicorn, start_prometheus
+from tests.servers.processes import (
+    ROOT,
+    free_port,
+    start_gunicorn,
+    start_prometheus,
+    start_redis,
+)
 from tests.waiting import wait_for
 
 TURNS = 150
@@ -111,3 +117,39 @@ def test_without_redis_one_worker_serves_and_says_why(mock_llm: MockLLM) -> None
 def test_make_run_serves_through_gunicorn() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert "\t$(BIN)/gunicorn -c config/gunicorn.conf.py app.asgi:app\n" in makefile
+
+
+def test_starts_while_redis_is_down_answers_503_at_once_and_recovers(
+    mock_llm: MockLLM,
+) -> None:
+    redis_port = free_port()  # nothing listens there yet
+    app = start_gunicorn({"REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+                          "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": mock_llm.base_url,
+                          "AGENTHOST_WORKERS": "2"})
+    base = f"http://127.0.0.1:{app.port}"
+    redis = None
+    try:
+        assert httpx.get(f"{base}/health").status_code == 200
+        ready = httpx.get(f"{base}/health/ready", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["storage"].startswith("redis unreachable")
+        for i in range(4):  # new connections: both workers answer at once, not after the
+            # Redis timeout (5 s): this client gives up after 3
+            down = httpx.post(f"{base}/v1/tenants/demo/threads/d{i}/messages",
+                              json={"message": "hello"}, timeout=3)
+            assert down.status_code == 503, down.text
+            assert down.json()["error"]["code"] == "storage_unavailable"
+        assert "unreachable at start" in app.log_text()
+        redis = start_redis(redis_port)
+        # Both workers recover by themselves: every new connection is served.
+        wait_for(lambda: all(
+            httpx.post(f"{base}/v1/tenants/demo/threads/up{i}/messages",
+                       json={"message": "hello"}, timeout=10).status_code == 200
+            for i in range(6)))
+        wait_for(lambda: httpx.get(f"{base}/health/ready", timeout=10).status_code == 200)
+        history = httpx.get(f"{base}/v1/tenants/demo/threads/up0/messages").json()
+        assert [m["role"] for m in history["messages"]][:2] == ["user", "assistant"]
+    finally:
+        app.stop()
+        if redis is not None:
+            redis.stop()

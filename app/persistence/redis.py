@@ -22,7 +22,9 @@ from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redisvl.exceptions import RedisVLError
 
 from app.clean_context import in_fresh_context
@@ -157,7 +159,10 @@ class RedisBackend(Backend):
         self.checkpointer: AsyncRedisSaver = saver
         self.client = client
         self._timeout_s = timeout_s
+        self._where = where
         self._last_repair = -RECOVER_INTERVAL_S
+        self._needs_setup = False
+        self._setup_error: str | None = None
 
     @classmethod
     @asynccontextmanager
@@ -177,30 +182,42 @@ class RedisBackend(Backend):
         pool.connection_class = fresh_context_connections(pool.connection_class)
         client = OrjsonRedis(connection_pool=pool)
         try:
+            saver = AsyncRedisSaver(
+                redis_client=client,
+                ttl={
+                    "default_ttl": settings.history_ttl_s / 60,
+                    "refresh_on_read": settings.history_refresh_on_read,
+                },
+            )
+            saver.serde = CachedClassSerializer()
+            # PRIVATE (tests/test_library_privates.py, tests/persistence/test_redis.py):
+            # the saver caches the key of every checkpoint it touches, up to 1,000,
+            # never evicting.
+            # A thread keeps only its latest checkpoint, so the cache fills with the
+            # keys of deleted ones and then stops helping; building a key is cheap.
+            saver._key_cache_max_size = 0
+            backend = cls(saver, client, where, settings.history_ttl_s,
+                          settings.redis_timeout_s, metrics)
             try:
-                await _require_modules(client, where)
-                saver = AsyncRedisSaver(
-                    redis_client=client,
-                    ttl={
-                        "default_ttl": settings.history_ttl_s / 60,
-                        "refresh_on_read": settings.history_refresh_on_read,
-                    },
-                )
-                saver.serde = CachedClassSerializer()
-                # PRIVATE (tests/test_library_privates.py, tests/persistence/test_redis.py):
-                # the saver caches the key of every checkpoint it touches, up to 1,000,
-                # never evicting.
-                # A thread keeps only its latest checkpoint, so the cache fills with the
-                # keys of deleted ones and then stops helping; building a key is cheap.
-                saver._key_cache_max_size = 0
-                await saver.asetup()
-            except (RedisError, OSError) as exc:
+                await backend._set_up()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                # Serve anyway: chat answers 503 storage_unavailable at once, readiness
+                # says why, and the first use after Redis is back sets it up.
+                backend._needs_setup = True
+                logger.warning("Redis at %s is unreachable at start (%r): serving 503 "
+                               "storage_unavailable until it is back", where, exc)
+            except RedisError as exc:
                 raise ConfigError(f"cannot use Redis at {where}: {exc}") from exc
-            yield cls(saver, client, where, settings.history_ttl_s, settings.redis_timeout_s,
-                      metrics)
+            yield backend
         finally:
             await client.aclose()
             await pool.disconnect()
+
+    async def _set_up(self) -> None:
+        """Check the modules and create the search indexes (idempotent)."""
+        await _require_modules(self.client, self._where)
+        await self.checkpointer.asetup()
+        self._needs_setup = False
 
     def thread_lock(self, key: str, hold_s: float) -> AbstractAsyncContextManager[Any]:
         """A Redis lock, so replicas sharing this Redis never interleave turns on a thread.
@@ -231,12 +248,19 @@ class RedisBackend(Backend):
         self._last_repair = now
         try:
             async with asyncio.timeout(self._timeout_s):
+                if self._needs_setup:
+                    await self._set_up()
+                    logger.warning("%s is reachable again; set up", self.description)
+                    return
                 indexes = await self.client.execute_command("FT._LIST")  # type: ignore[no-untyped-call]
                 names = {i.decode() if isinstance(i, bytes) else str(i) for i in indexes}
                 if not {"checkpoint", "checkpoint_write"} <= names:
                     await self.checkpointer.asetup()
                     logger.warning("%s had lost its search indexes; recreated them",
                                    self.description)
+        except ConfigError as exc:  # reachable, but without the modules
+            self._setup_error = str(exc)
+            logger.error("%s", exc)
         except (RedisError, RedisVLError, OSError, TimeoutError) as exc:
             logger.info("%s still unusable: %r", self.description, exc)
 
@@ -246,6 +270,10 @@ class RedisBackend(Backend):
         except (RedisError, OSError) as exc:
             return f"redis unreachable: {type(exc).__name__}"
         await self.recover()
+        if self._setup_error is not None:
+            return self._setup_error
+        if self._needs_setup:
+            return "redis reachable but not set up yet"
         return None
 
     def stats(self) -> dict[str, Any]:

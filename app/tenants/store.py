@@ -112,8 +112,18 @@ class RedisTenantStore(TenantStore):
     async def load(self, file_tenants: Mapping[str, TenantConfig]) -> None:
         """Seed Redis from the file on the very first start, then load what Redis holds."""
         self._file_tenants = file_tenants
-        await self._seed()
-        await self._reload()
+        try:
+            await self._seed()
+            await self._reload()
+        except (RedisError, OSError) as exc:
+            # Serve the file's tenants meanwhile; the version poll loads (and if need be
+            # seeds) what Redis holds once it answers.
+            logger.warning("tenants: Redis unreachable at start (%r); serving the %d tenants "
+                           "of the file until it is back", exc, len(file_tenants))
+            self.registry.replace_all(dict(file_tenants))
+            for tenant_id in file_tenants:
+                self._changed(tenant_id)
+            return
         stale = [tid for tid, cfg in file_tenants.items() if self.registry.get(tid) != cfg]
         if stale:
             logger.warning("tenants file differs from Redis for %s; Redis wins (use the admin "

@@ -11,12 +11,17 @@ from langchain_core.messages import HumanMessage, SystemMessage
 from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
 
 from app.agents.graph import TenantAgent, TurnContext, build_agent_graph
-from app.errors import ConfigError
+from app.errors import ConfigError, StorageUnavailable
 from app.llm.offline import OfflineChatModel
 from app.persistence.base import thread_config, thread_key
-from app.persistence.redis import CachedClassSerializer, RedisBackend, redact_url
+from app.persistence.redis import (
+    RECOVER_INTERVAL_S,
+    CachedClassSerializer,
+    RedisBackend,
+    redact_url,
+)
 from config.settings import Settings
-from tests.servers.processes import ManagedProcess, free_port, redis_binaries
+from tests.servers.processes import ManagedProcess, free_port, redis_binaries, start_redis
 
 
 class Chat:
@@ -132,13 +137,26 @@ async def test_redis_without_the_modules_is_refused_by_name() -> None:
         plain.stop()
 
 
-async def test_unreachable_redis_fails_fast_with_the_url() -> None:
+async def test_unreachable_redis_at_start_is_served_as_unavailable_then_set_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     port = free_port()
-    settings = Settings(redis_url=f"redis://user:pw@127.0.0.1:{port}/0",  # type: ignore[arg-type]
+    settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0",  # type: ignore[arg-type]
                         redis_timeout_s=1)
-    with pytest.raises(ConfigError, match=r"redis://user:\*\*\*@127.0.0.1"):
-        async with RedisBackend.open(settings):
-            pass
+    async with RedisBackend.open(settings) as backend:
+        assert (await backend.check() or "").startswith("redis unreachable")
+        said = [r.getMessage() for r in caplog.records if "unreachable at start" in r.message]
+        assert said and f"redis://127.0.0.1:{port}/0" in said[0]
+        with pytest.raises(StorageUnavailable):
+            async with backend.guard():
+                await backend.messages("t/1")
+        redis = start_redis(port)
+        try:
+            backend._last_repair = -RECOVER_INTERVAL_S  # no wait for the rate limit
+            assert await backend.check() is None  # set up: modules checked, indexes made
+            assert await backend.messages("t/1") is None
+        finally:
+            redis.stop()
 
 
 def test_redact_url_hides_only_the_password() -> None:
