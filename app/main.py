@@ -15,6 +15,7 @@ from app.agents.mcp import McpToolLoader
 from app.agents.tools import ToolRegistry, build_builtin_tools
 from app.api.middleware.body_limit import BodyLimitMiddleware
 from app.api.middleware.request_id import RequestIdMiddleware
+from app.api.middleware.response_metrics import ResponseMetricsMiddleware
 from app.api.routes import admin, chat, health, memory, stream
 from app.errors import ConfigError, install_error_handlers
 from app.janitor import Janitor
@@ -55,12 +56,11 @@ def _embedded_defaults(state: AppState) -> list[str]:
     return said
 
 
-async def build_state(settings: Settings, stack: AsyncExitStack,
+async def build_state(settings: Settings, stack: AsyncExitStack, metrics: Metrics,
                       meter: Meter | None = None) -> AppState:
     tools = ToolRegistry(build_builtin_tools())
     file_tenants = load_tenants_file(settings.tenants_file, tools.names())
     tenants = TenantRegistry({})
-    metrics = Metrics()
     tracer = None
     if settings.memory_tracemalloc:  # first, so that what the app builds is traced too
         tracer = AllocationTracer()
@@ -129,11 +129,13 @@ async def build_state(settings: Settings, stack: AsyncExitStack,
 def create_app(settings: Settings | None = None, *, meter: Meter | None = None) -> FastAPI:
     """The app; ``meter`` replaces the memory reading (in-process tests drive pressure)."""
     resolved = settings or Settings()
+    # Built with the app, not in the lifespan, so that the middleware counts into it too.
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            state = await build_state(resolved, stack, meter)
+            state = await build_state(resolved, stack, metrics, meter)
             app.state.agenthost = state
             limit = state.governor.limit
             logger.info(
@@ -169,4 +171,5 @@ def create_app(settings: Settings | None = None, *, meter: Meter | None = None) 
     # Outermost last: the request id wraps everything, including 413 refusals.
     app.add_middleware(BodyLimitMiddleware, max_bytes=resolved.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(ResponseMetricsMiddleware, counter=metrics.http_responses)
     return app

@@ -24,6 +24,7 @@ from contextlib import AsyncExitStack
 import psutil
 
 from app.main import build_state
+from app.observability.metrics import Metrics
 from app.persistence.base import thread_key
 from app.tenants.registry import TenantConfig
 from config.settings import Settings
@@ -52,7 +53,7 @@ async def main() -> None:
     settings = Settings(agent_cache_max_entries=total + 10, agent_cache_max_bytes=2**34,
                         memory_max_threads=total + 10, log_level="WARNING")
     async with AsyncExitStack() as stack:
-        state = await build_state(settings, stack)
+        state = await build_state(settings, stack, Metrics())
         await state.runner.run(await state.agents.get("demo", state.tenants.get("demo")),
                                thread_key("demo", "warm"), "warm up")
         base = rss()

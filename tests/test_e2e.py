@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -87,6 +88,9 @@ def test_redis_outage_is_503_then_recovers(mock_llm: MockLLM) -> None:
         assert history.status_code == 503
         assert httpx.get(f"{base}/health/ready", timeout=10).status_code == 503
         assert httpx.get(f"{base}/health").status_code == 200
+        metrics = httpx.get(f"{base}/metrics").text
+        assert re.search(r"^agenthost_storage_errors_total [1-9]", metrics, re.MULTILINE)
+        assert 'agenthost_http_responses_total{code="503"} 3.0' in metrics  # chat, history, ready
         redis = start_redis(port)  # a fresh, empty Redis on the same port: no search indexes
         # The first calls may still fail (and trigger the repair); the service heals itself,
         # recreating the lost search indexes (repairs are rate-limited; readiness probes

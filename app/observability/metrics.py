@@ -70,6 +70,12 @@ class Metrics:
             "agenthost_mcp_failures_total",
             "MCP servers that could not be used when building an agent.", registry=r)
 
+        self.http_responses = Counter(
+            "agenthost_http_responses", "HTTP responses by status code (499: the client left "
+            "before a response started).", ["code"], registry=r)
+        self.storage_errors = Counter(
+            "agenthost_storage_errors", "Failures of conversation storage (Redis) seen by "
+            "requests.", registry=r)
         self.memory_limit = Gauge(
             "agenthost_memory_limit_bytes", "Memory the service may use (see limit_source in "
             "/health/memory).", registry=r, multiprocess_mode="livemax")

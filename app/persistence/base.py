@@ -79,6 +79,7 @@ class Backend:
     async def unavailable(self, exc: BaseException, during: str) -> StorageUnavailable:
         """The client's error for a failure of this backend: logged once, recovery tried."""
         logger.warning("%s failed during %s: %r", self.description, during, exc)
+        self.metrics.storage_errors.inc()
         await self.recover()
         return StorageUnavailable("conversation storage is unavailable")
 

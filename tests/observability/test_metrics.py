@@ -44,3 +44,18 @@ async def test_the_single_process_exposition_passes_promtool(
         for i in range(3):
             await chat(client, f"t{i}")
         assert_promtool_accepts((await client.get("/metrics")).text)
+
+
+async def test_responses_are_counted_by_status_and_storage_failures_too(
+    make_settings: SettingsFactory,
+) -> None:
+    async with app_client(make_settings()) as client:
+        await chat(client, "a")
+        assert (await client.get("/v1/tenants/nope/threads/a/messages")).status_code == 404
+        assert (await client.post("/v1/tenants/demo/threads/a/messages",
+                                  json={})).status_code == 422
+        text = (await client.get("/metrics")).text
+    assert sample(text, 'agenthost_http_responses_total{code="200"}') == 1
+    assert sample(text, 'agenthost_http_responses_total{code="404"}') == 1
+    assert sample(text, 'agenthost_http_responses_total{code="422"}') == 1
+    assert sample(text, "agenthost_storage_errors_total") == 0
