@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydantic import ValidationError
 
+from app.memory.usage import TREE_ROOT_ENV
 from app.worker import SHUTDOWN_MARGIN_S
 from config.settings import Settings
 
@@ -42,6 +43,9 @@ METRICS_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(
 shutil.rmtree(METRICS_DIR, ignore_errors=True)  # counts of an earlier run are not ours
 os.makedirs(METRICS_DIR, exist_ok=True)
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = METRICS_DIR
+
+# Each worker's memory governor counts this whole process tree against the limit.
+os.environ[TREE_ROOT_ENV] = str(os.getpid())
 
 # --- workers ---
 _shared_storage = _settings.redis_configured

@@ -28,6 +28,9 @@ from app.memory.cgroup import (
 logger = logging.getLogger(__name__)
 
 MIB = 2**20
+# Set by the Gunicorn master (config/gunicorn.conf.py) to its pid: each worker then counts
+# the whole tree (master and every worker), not itself alone.
+TREE_ROOT_ENV = "AGENTHOST_PROCESS_TREE_ROOT_PID"
 # Listing a process's descendants walks all of /proc (~1 ms); workers come and go rarely.
 CHILDREN_REFRESH_S = 10.0
 
@@ -90,7 +93,8 @@ class MemoryMeter:
             self.limit = Limit(self.cgroup.limit_bytes, self.cgroup.source)
         else:
             self.limit = Limit(psutil.virtual_memory().total, "machine")
-        self.tree = ProcessTree(root_pid or os.getpid())
+        self.tree = ProcessTree(root_pid or int(os.environ.get(TREE_ROOT_ENV) or 0)
+                                or os.getpid())
         # The cgroup's count only measures against the cgroup's own limit: a smaller limit
         # set by hand applies to this service, not to whatever else shares the cgroup.
         self.usage_source = ("cgroup" if self.limit.source.startswith("cgroup")
