@@ -6,6 +6,7 @@ import re
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 
@@ -74,6 +75,13 @@ def test_metrics_count_every_worker_and_survive_recycling(
             assert sample(metrics, "agenthost_agent_cache_misses_total") >= 1
             assert sample(metrics, "agenthost_streams_active") == 0
         assert "agenthost_memory_limit_bytes" in metrics
+        # each worker counts the whole tree (master and workers), more than its own RSS
+        def memory() -> dict[str, Any]:
+            body: dict[str, Any] = httpx.get(f"{base}/health/memory", timeout=30).json()
+            return body
+
+        assert memory()["usage_source"] == "process tree PSS"
+        wait_for(lambda: (m := memory())["usage_mb"] > m["rss_mb"])
         assert_promtool_accepts(metrics)
         # A real Prometheus scrapes it and sees the same totals.
         prometheus = start_prometheus(f"127.0.0.1:{app.port}")

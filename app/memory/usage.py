@@ -32,7 +32,8 @@ MIB = 2**20
 # the whole tree (master and every worker), not itself alone.
 TREE_ROOT_ENV = "AGENTHOST_PROCESS_TREE_ROOT_PID"
 # Listing a process's descendants walks all of /proc (~1 ms); workers come and go rarely.
-CHILDREN_REFRESH_S = 10.0
+# Listed again after this long, or at once when a listed process is gone.
+CHILDREN_REFRESH_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +79,8 @@ class ProcessTree:
             except (OSError, ValueError):
                 try:
                     total += psutil.Process(pid).memory_info().rss
-                except psutil.Error:
-                    continue  # gone since it was listed
+                except psutil.Error:  # gone since it was listed (a recycled worker)
+                    self._listed_at = None
         return total
 
 
