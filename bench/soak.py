@@ -48,6 +48,7 @@ class Run:
     limit_mb: float | None
     threads_done: int = 0
     refused: int = 0
+    resets: int = 0
     # seconds, threads served, RSS, PSS, USS (MB), pressure level
     samples: list[tuple[float, int, float, float, float, str]] = field(default_factory=list)
 
@@ -116,6 +117,10 @@ async def batch(client: httpx.AsyncClient, number: int, args: argparse.Namespace
                     except Refused as refused:
                         run.refused += 1
                         await asyncio.sleep(refused.retry_after)
+                    except (httpx.RemoteProtocolError, httpx.ReadError):
+                        # a keep-alive connection the server closed as it was reused
+                        # (idle past uvicorn's 5 s while this client slept Retry-After)
+                        run.resets += 1
                 else:
                     raise RuntimeError(f"{path}: refused {MAX_ATTEMPTS} times")
             run.threads_done += 1
@@ -206,7 +211,8 @@ def summarize(run: Run, app: ManagedProcess) -> None:
     levels = sorted({s[5] for s in run.samples})
     print(f"{run.name}: second half of the run: {growth}; peak RSS {peak_rss:.0f} MB, PSS "
           f"{peak_pss:.0f} MB; pressure levels seen: {', '.join(levels)}; {run.refused} "
-          f"turns refused with 503 and retried; service "
+          f"turns refused with 503 and retried; {run.resets} reused connections found closed "
+          f"and retried; service "
           f"{'alive' if app.proc.poll() is None else 'DEAD'}")
     if run.limit_mb:
         print(f"{run.name}: peak PSS is {100 * peak_pss / run.limit_mb:.0f} % of the limit")
