@@ -126,7 +126,12 @@ async def test_finished_threads_leave_nothing_behind(
 ) -> None:
     overrides: dict[str, object] = {"openai_api_key": "sk-test",
                                     "openai_base_url": mock_llm.base_url,
-                                    "llm_max_retries": 0}
+                                    "llm_max_retries": 0,
+                                    # The memory governor samples /proc in a worker thread
+                                    # every second; a sample caught mid-read by a snapshot
+                                    # is ~35 KB of transient buffers, noise here. Its own
+                                    # state is bounded (tests/memory/).
+                                    "memory_sample_s": 3600}
     if backend == "redis":
         overrides["redis_url"] = request.getfixturevalue("redis_url")
     else:
