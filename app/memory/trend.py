@@ -24,6 +24,7 @@ class LeakDetector:
         self._start = started_at + warmup_s
         self._every = window_s / MAX_POINTS
         self._points: deque[tuple[float, float]] = deque()
+        self._slope: float | None = None  # fitted when a point is kept, read many times
 
     def add(self, now: float, usage_bytes: int) -> None:
         if now < self._start:
@@ -33,6 +34,7 @@ class LeakDetector:
         self._points.append((now, usage_bytes / MIB))
         while self._points and now - self._points[0][0] > self.window_s:
             self._points.popleft()
+        self._slope = self._fit()
 
     @property
     def span_s(self) -> float:
@@ -40,6 +42,9 @@ class LeakDetector:
 
     def slope_mb_per_hour(self) -> float | None:
         """Growth over the window, or None until the samples span a quarter of it."""
+        return self._slope
+
+    def _fit(self) -> float | None:
         if len(self._points) < 3 or self.span_s < self.window_s / 4:
             return None
         times = [t for t, _ in self._points]
