@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -23,7 +24,7 @@ from app.llm.pool import ModelPool
 from app.memory.ballast import Ballast
 from app.memory.governor import MemoryGovernor, Meter
 from app.memory.tracing import AllocationTracer
-from app.memory.usage import MemoryMeter
+from app.memory.usage import WORKERS_ENV, MemoryMeter
 from app.observability.metrics import Metrics
 from app.persistence.backend import open_backend
 from app.state import AppState
@@ -67,7 +68,7 @@ async def build_state(settings: Settings, stack: AsyncExitStack, metrics: Metric
         tracer.start()
         stack.callback(tracer.stop)
     governor = MemoryGovernor(settings, meter or MemoryMeter(settings.memory_limit_mb),
-                              metrics=metrics)
+                              metrics=metrics, workers=int(os.environ.get(WORKERS_ENV) or 1))
     models = ModelPool(settings)
     stack.push_async_callback(models.aclose)
     backend = await stack.enter_async_context(
@@ -115,6 +116,7 @@ async def build_state(settings: Settings, stack: AsyncExitStack, metrics: Metric
         ballast=Ballast() if settings.memory_test_allocations else None,
     )
     await governor.sample()  # the level is known before the first request
+    governor.warn_if_no_turn_fits()
     if not state.auth_enabled and not settings.binds_loopback:
         if not settings.allow_public_without_auth:
             raise ConfigError(

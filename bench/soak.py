@@ -153,6 +153,8 @@ async def soak(backend: str, mock: ManagedProcess, args: argparse.Namespace) -> 
         env["AGENTHOST_MEMORY_MAX_THREADS"] = str(args.memory_max_threads)
     if args.limit_mb:
         env["AGENTHOST_MEMORY_LIMIT_MB"] = str(args.limit_mb)
+    if args.max_reply_kb:
+        env["AGENTHOST_LLM_MAX_REPLY_KB"] = str(args.max_reply_kb)
     name = backend + (f", limit {args.limit_mb:g} MB" if args.limit_mb else "")
     run = Run(name, args.limit_mb)
     prose = Prose()
@@ -263,6 +265,9 @@ async def main() -> None:
     parser.add_argument("--memory-max-threads", type=int, default=0,
                         help="AGENTHOST_MEMORY_MAX_THREADS for the service (default: its own)")
     parser.add_argument("--sample-s", type=float, default=1.0)
+    parser.add_argument("--max-reply-kb", type=int, default=0,
+                        help="AGENTHOST_LLM_MAX_REPLY_KB for the service (default: its own; "
+                        "a burst reply larger than it fails with 502)")
     parser.add_argument("--burst-threads", type=int, default=0)
     parser.add_argument("--burst-reply-kb", type=int, default=2000)
     parser.add_argument("--burst-concurrency", type=int, default=48)

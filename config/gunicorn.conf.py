@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydantic import ValidationError
 
-from app.memory.usage import TREE_ROOT_ENV
+from app.memory.usage import TREE_ROOT_ENV, WORKERS_ENV
 from app.worker import SHUTDOWN_MARGIN_S
 from config.settings import Settings
 
@@ -51,6 +51,7 @@ os.environ[TREE_ROOT_ENV] = str(os.getpid())
 _shared_storage = _settings.redis_configured
 worker_class = "app.worker.AgentHostWorker"
 workers = _settings.workers if _shared_storage else 1
+os.environ[WORKERS_ENV] = str(workers)
 max_requests = _settings.worker_max_requests if _shared_storage else 0
 max_requests_jitter = 50 if max_requests else 0
 timeout = 120

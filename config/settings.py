@@ -135,6 +135,11 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(60.0, gt=0, description="Read timeout of one LLM call.")
     llm_connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout to the LLM.")
     llm_max_retries: int = Field(2, ge=0, le=10, description="Retries of a failed LLM call.")
+    llm_max_reply_kb: int = Field(
+        256, ge=1, description="Largest reply the LLM may send (KiB of text and tool-call "
+        "arguments); a longer one fails the turn with 502 upstream_error. Each turn in flight "
+        "reserves 16x it in memory (see Memory governance).",
+    )
     llm_max_connections: int = Field(
         200, ge=1, description="Connection pool size per LLM base URL."
     )

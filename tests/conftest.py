@@ -18,6 +18,7 @@ import yaml
 
 from app.llm.upstream import ChatCompletions
 from app.main import create_app
+from app.memory.governor import Meter
 from config.settings import Settings
 from tests.servers.processes import (
     ManagedProcess,
@@ -154,10 +155,10 @@ async def app_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @asynccontextmanager
-async def serve_app(settings: Settings) -> AsyncIterator[str]:
+async def serve_app(settings: Settings, meter: Meter | None = None) -> AsyncIterator[str]:
     """The app on a real socket in this process and event loop; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+    config = uvicorn.Config(create_app(settings, meter=meter), host="127.0.0.1", port=port,
                             log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -10,12 +10,15 @@ from __future__ import annotations
 import openai
 
 from app.errors import AppError, UpstreamError, UpstreamTimeout
+from app.llm.upstream import ReplyTooLarge
 
 #: what a model call raises when the language model failed
 UPSTREAM_ERRORS = (openai.APIError,)
 
 
 def upstream_error(exc: openai.APIError) -> AppError:
+    if isinstance(exc, ReplyTooLarge):
+        return UpstreamError(exc.message)
     if isinstance(exc, openai.APITimeoutError):
         return UpstreamTimeout("the language model did not answer in time")
     if isinstance(exc, openai.APIStatusError):

@@ -48,6 +48,7 @@ class ModelPool:
                 connect_timeout_s=settings.llm_connect_timeout_s,
                 read_timeout_s=settings.llm_timeout_s,
                 max_retries=settings.llm_max_retries,
+                max_reply_chars=settings.llm_max_reply_kb * 1024,
                 headers={"OpenAI-Organization": organization} if organization else None,
                 cafile=cafile, capath=capath,
             )

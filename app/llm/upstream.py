@@ -46,6 +46,8 @@ MAX_RETRY_AFTER_S = 60.0
 DRAIN_TIMEOUT_S = 1.0
 MAX_ERROR_BODY = 64 * 1024
 MAX_LINE = 4 * 1024 * 1024
+# A non-streamed body may exceed its reply's text by this much (the JSON around it).
+BODY_ENVELOPE = 64 * 1024
 _TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 # The SDK's exception class per status, so callers can tell a rate limit from the rest.
 _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
@@ -55,16 +57,28 @@ _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
 }
 
 
+class ReplyTooLarge(openai.APIError):
+    """The upstream's reply outgrew ``max_reply_chars``: the call ends, nothing is kept."""
+
+
 class ChatCompletions:
-    """POST ``{base_url}/chat/completions``, whole or streamed; GET ``/models``."""
+    """POST ``{base_url}/chat/completions``, whole or streamed; GET ``/models``.
+
+    A reply is bounded (``max_reply_chars`` of text and tool-call arguments; a non-streamed
+    body that plus ``BODY_ENVELOPE`` bytes): what a turn holds while it runs is then bounded
+    too, which is what the memory governor's admission counts on (app/memory/governor.py).
+    """
 
     def __init__(self, base_url: str, api_key: str, *, max_connections: int,
                  connect_timeout_s: float, read_timeout_s: float, max_retries: int,
+                 max_reply_chars: int = 256 * 1024,
                  headers: Mapping[str, str] | None = None, cafile: str | None = None,
                  capath: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self._max_retries = max_retries
+        self.max_reply_chars = max_reply_chars
+        self._max_body = max_reply_chars + BODY_ENVELOPE
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -117,7 +131,7 @@ class ChatCompletions:
                 async with self.session.post(self.url, data=body,
                                              headers=self._headers) as response:
                     if response.status < 300:
-                        data = orjson.loads(await response.read())
+                        data = orjson.loads(await self._read_body(response))
                         if not isinstance(data, dict):
                             raise self._connection_error("the response was not an object")
                         return data
@@ -127,6 +141,25 @@ class ChatCompletions:
             except orjson.JSONDecodeError as exc:
                 raise self._connection_error(f"the response was not JSON: {exc}") from exc
             attempt = await self._retry_or_raise(error, attempt)
+
+    async def _read_body(self, response: aiohttp.ClientResponse) -> bytes | bytearray:
+        length = response.content_length
+        if length is not None and length > self._max_body:
+            raise self._too_large(f"a {length}-byte body")
+        if length is not None:
+            return await response.read()
+        body = bytearray()  # chunked: counted as it comes
+        async for chunk in response.content.iter_any():
+            body += chunk
+            if len(body) > self._max_body:
+                raise self._too_large(f"a body over {self._max_body} bytes")
+        return body
+
+    def _too_large(self, what: str) -> ReplyTooLarge:
+        return ReplyTooLarge(
+            f"the language model's reply was too large ({what}; at most "
+            f"{self.max_reply_chars // 1024} KiB, AGENTHOST_LLM_MAX_REPLY_KB)",
+            self._request(), body=None)
 
     @asynccontextmanager
     async def stream(self, payload: Mapping[str, Any]) -> AsyncIterator[
@@ -159,6 +192,7 @@ class ChatCompletions:
         # ``readline`` costs two or three per event (the data line, then the blank one).
         content = response.content
         partial = b""
+        received = 0  # characters of reply text and tool-call arguments
         while True:
             try:
                 data = await content.readany()
@@ -177,7 +211,17 @@ class ChatCompletions:
                 if payload == b"[DONE]":
                     await self._drain(response)
                     return
-                yield self._decode(payload)
+                chunk = self._decode(payload)
+                for choice in chunk.get("choices") or ():
+                    delta = choice.get("delta")
+                    if delta:
+                        received += len(delta.get("content") or "")
+                        for call in delta.get("tool_calls") or ():
+                            received += len((call.get("function") or {}).get("arguments")
+                                            or "")
+                if received > self.max_reply_chars:
+                    raise self._too_large(f"over {received} characters streamed")
+                yield chunk
 
     def _decode(self, payload: bytes) -> dict[str, Any]:
         try:

@@ -11,6 +11,14 @@ at a threshold does not flap. Every transition is logged once and counted.
   runs (at most every ``memory_gc_interval_s``), and new streams are refused;
 - critical: new turns are refused too. Turns in flight are never touched: they finish and
   are stored.
+
+Turns in flight are bounded as well, at every level: each admitted turn reserves what a turn
+may hold at most (``turn_reserve_bytes``: ``REPLY_AMPLIFICATION`` times the largest reply
+the upstream client accepts, plus ``TURN_BASE_BYTES``), and a turn is admitted only while
+the reservations of this worker fit in its share of the room left below the critical line.
+A burst of large replies is then refused at the door instead of taking the process past its
+limit after admission (the soak in bench/soak.py with ``--burst-reply-kb``). One turn is
+always admitted when none is in flight, so a small container still makes progress.
 Refusals are 503 ``memory_pressure`` with ``Retry-After``. Liveness (``/health``) never
 depends on any of this.
 """
@@ -67,6 +75,35 @@ class Pressure(enum.IntEnum):
 Relief = Callable[[Pressure], object]
 
 
+#: what one turn holds at its peak, per character of its reply: the reply read, decoded,
+#: made a message, serialized into the checkpoint (and compressed), and encoded in the
+#: response. Measured, and pinned, by tests/memory/test_turn_reserve.py (~10-14 with the
+#: test's own client in the same process).
+REPLY_AMPLIFICATION = 16
+#: what a turn with a short reply holds (messages, graph state, buffers)
+TURN_BASE_BYTES = 256 * 1024
+
+
+class Admission:
+    """An admitted turn's reservation; released once, when the turn ends."""
+
+    __slots__ = ("_governor",)
+
+    def __init__(self, governor: MemoryGovernor) -> None:
+        self._governor: MemoryGovernor | None = governor
+
+    def release(self) -> None:
+        governor, self._governor = self._governor, None
+        if governor is not None:
+            governor._release()
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Meter(Protocol):
     limit: Limit
     usage_source: str
@@ -76,8 +113,13 @@ class Meter(Protocol):
 
 class MemoryGovernor:
     def __init__(self, settings: Settings, meter: Meter, *, metrics: Metrics | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, workers: int = 1) -> None:
         self.settings = settings
+        #: processes whose memory ``meter`` counts, each admitting its own turns
+        self.workers = max(1, workers)
+        self.turn_reserve_bytes = (REPLY_AMPLIFICATION * settings.llm_max_reply_kb * 1024
+                                   + TURN_BASE_BYTES)
+        self.in_flight = 0
         self.meter = meter
         self.metrics = metrics or Metrics()
         self._clock = clock
@@ -184,17 +226,55 @@ class MemoryGovernor:
 
     # --- admission ---
 
-    def admit(self, route: str) -> None:
-        """Refuse new work the level cannot take: streams from high, all turns at critical."""
+    def turns_allowed(self) -> int:
+        """Turns this worker may have in flight: its share of the room below the critical
+        line, in turn reservations."""
+        ceiling = self.thresholds[Pressure.CRITICAL] * self.limit.bytes
+        room = max(0.0, ceiling - self.usage) / self.workers
+        return int(room // self.turn_reserve_bytes)
+
+    def warn_if_no_turn_fits(self) -> bool:
+        """At start: say so when not even one turn's reservation fits (a reply cap too large
+        for the limit), since such a turn can take the process past its limit."""
+        if self.turns_allowed() >= 1:
+            return False
+        logger.warning(
+            "a turn may hold up to %.0f MiB (%d x AGENTHOST_LLM_MAX_REPLY_KB=%d KiB, plus "
+            "%d KiB), more than the %.0f MiB this worker has below the critical line: turns "
+            "run one at a time, and a reply that large could still reach the limit; lower "
+            "AGENTHOST_LLM_MAX_REPLY_KB or raise the memory limit",
+            self.turn_reserve_bytes / MIB, REPLY_AMPLIFICATION, self.settings.llm_max_reply_kb,
+            TURN_BASE_BYTES // 1024,
+            max(0.0, self.thresholds[Pressure.CRITICAL] * self.limit.bytes - self.usage)
+            / self.workers / MIB)
+        return True
+
+    def admit(self, route: str) -> Admission:
+        """Admit a turn (``route`` "turn" or "stream") or refuse it: streams from high, all
+        turns at critical, and any turn whose reservation does not fit. The caller releases
+        the admission when the turn ends."""
         level = self.level
+        what = "streams" if route == "stream" else "turns"
         if level >= Pressure.CRITICAL or (route == "stream" and level >= Pressure.HIGH):
-            self.refusals[route] = self.refusals.get(route, 0) + 1
-            self.metrics.memory_refusals.labels(route, level.label).inc()
-            raise MemoryPressure(
-                f"the service is under {level.label} memory pressure and takes no new "
-                f"{'streams' if route == 'stream' else 'turns'} now; retry shortly",
-                headers={"Retry-After": str(self.settings.memory_retry_after_s)},
-            )
+            self._refuse(route, level.label, f"the service is under {level.label} memory "
+                         f"pressure and takes no new {what} now; retry shortly")
+        if self.in_flight and self.in_flight >= self.turns_allowed():
+            self._refuse(route, "reserve", f"the {self.in_flight} turns in flight hold the "
+                         f"memory this worker has left; it takes no new {what} now; retry "
+                         "shortly")
+        self.in_flight += 1
+        self.metrics.turns_in_flight.inc()
+        return Admission(self)
+
+    def _release(self) -> None:
+        self.in_flight -= 1
+        self.metrics.turns_in_flight.dec()
+
+    def _refuse(self, route: str, reason: str, message: str) -> None:
+        self.refusals[route] = self.refusals.get(route, 0) + 1
+        self.metrics.memory_refusals.labels(route, reason).inc()
+        raise MemoryPressure(
+            message, headers={"Retry-After": str(self.settings.memory_retry_after_s)})
 
     # --- reporting ---
 
@@ -226,6 +306,10 @@ class MemoryGovernor:
             "transitions": self.transitions,
             "gc_runs": self.gc_runs,
             "refusals": dict(self.refusals),
+            "turns_in_flight": self.in_flight,
+            "turns_allowed": self.turns_allowed(),
+            "turn_reserve_mb": round(self.turn_reserve_bytes / MIB, 2),
+            "workers_sharing": self.workers,
         }
 
 

@@ -31,6 +31,8 @@ MIB = 2**20
 # Set by the Gunicorn master (config/gunicorn.conf.py) to its pid: each worker then counts
 # the whole tree (master and every worker), not itself alone.
 TREE_ROOT_ENV = "AGENTHOST_PROCESS_TREE_ROOT_PID"
+# And to the number of workers: each admits turns into its share of the room left.
+WORKERS_ENV = "AGENTHOST_GUNICORN_WORKERS"
 # Listing a process's descendants walks all of /proc (~1 ms); workers come and go rarely.
 # Listed again after this long, or at once when a listed process is gone.
 CHILDREN_REFRESH_S = 5.0

@@ -92,8 +92,13 @@ class Metrics:
             "Memory pressure level changes.", ["from_level", "to_level"], registry=r)
         self.memory_refusals = Counter(
             "agenthost_memory_refusals_total",
-            "Requests refused with 503 memory_pressure, by route and level.",
+            "Requests refused with 503 memory_pressure, by route and level (or 'reserve': "
+            "the turns in flight held the memory left).",
             ["route", "level"], registry=r)
+        self.turns_in_flight = Gauge(
+            "agenthost_turns_in_flight",
+            "Turns admitted and not yet ended (JSON and streamed), all live workers.",
+            registry=r, multiprocess_mode="livesum")
         self.memory_gc_runs = Counter(
             "agenthost_memory_gc_runs_total", "gc.collect() runs under high memory pressure.",
             registry=r)

@@ -61,6 +61,14 @@ class StreamSession:
             shutdown_grace_period=self._shutdown_grace_s,
         )
 
+    def on_turn_done(self, callback: Callable[[], object]) -> None:
+        """Call ``callback`` when the turn's task ends, however it ends."""
+        task = self.stream.task
+        if task is None:
+            callback()
+        else:
+            task.add_done_callback(lambda _: callback())
+
     def on_event(self, event: TurnEvent) -> Awaitable[None]:
         # Tokens are most events: queued straight from here, without a coroutine of ours.
         if type(event) is Token:

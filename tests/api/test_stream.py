@@ -43,6 +43,9 @@ def app(request: pytest.FixtureRequest,
         "AGENTHOST_STREAM_HEARTBEAT_S": "0.2",
         "AGENTHOST_STREAM_MAX_PER_TENANT": "300",
         "AGENTHOST_LLM_MAX_RETRIES": "0",
+        # the unread stream's 5 MB reply (the default cap is 256 KiB); its turn reservation
+        # (16 x 5 MiB) still leaves room on this machine for the 200 concurrent streams
+        "AGENTHOST_LLM_MAX_REPLY_KB": "5120",
     })
     yield proc
     proc.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import uuid
@@ -12,13 +13,14 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from app.llm.pool import ModelPool
-from app.llm.upstream import ChatCompletions, _retry_after, _retryable
+from app.llm.upstream import ChatCompletions, ReplyTooLarge, _retry_after, _retryable
 from tests.conftest import MockLLM, SettingsFactory, pool_for
 from tests.servers.processes import free_port, start_mock_openai
 
@@ -261,3 +263,53 @@ async def test_malformed_upstream_answers_are_connection_errors(
         else:
             await pool.create(payload(trigger))
     assert await streamed_text(pool, "[[tokens:2]]") == "tok0 tok1"  # the pool still works
+
+
+async def test_a_reply_over_the_cap_fails_whole_or_streamed(
+    mock_llm: MockLLM, pools: list[ChatCompletions]
+) -> None:
+    pool = pool_for(mock_llm.base_url, max_reply_chars=16 * 1024, max_retries=2)
+    pools.append(pool)
+    fits = "[[tokens:10]] [[tokensize:1000]]"
+    too_big = "[[tokens:100]] [[tokensize:1000]]"  # over the cap and the envelope
+    assert len((await pool.create(payload(fits)))["choices"][0]["message"]["content"]) > 10_000
+    assert len(await streamed_text(pool, fits)) > 10_000
+    before = mock_llm.count()
+    with pytest.raises(ReplyTooLarge, match="AGENTHOST_LLM_MAX_REPLY_KB"):
+        await pool.create(payload(too_big))
+    with pytest.raises(ReplyTooLarge, match="characters streamed; at most 16 KiB"):
+        await streamed_text(pool, too_big)
+    assert mock_llm.count() - before == 2  # not retried: the same reply would come again
+
+
+async def test_a_chunked_body_over_the_cap_is_cut_while_it_is_read(
+    pools: list[ChatCompletions]
+) -> None:
+    """No Content-Length: the body is counted as it arrives, and reading stops at the cap."""
+    sent = {"bytes": 0}
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(b'{"choices": [{"message": {"content": "')
+        with contextlib.suppress(ConnectionError):
+            for _ in range(200):  # 12.8 MB if nobody stopped it
+                await response.write(b"x" * 64 * 1024)
+                sent["bytes"] += 64 * 1024
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chunked)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        pool = pool_for(f"http://127.0.0.1:{port}/v1", max_reply_chars=256 * 1024)
+        pools.append(pool)
+        with pytest.raises(ReplyTooLarge, match="body over"):
+            await pool.create(payload("hi"))
+    finally:
+        await runner.cleanup()
+    assert sent["bytes"] < 12 * 1024 * 1024

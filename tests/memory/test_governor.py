@@ -173,3 +173,50 @@ def test_leak_detector_keeps_a_bounded_number_of_points() -> None:
         detector.add(float(second), MIB)
     assert len(detector._points) <= MAX_POINTS + 1
     assert detector.slope_mb_per_hour() == pytest.approx(0)
+
+
+def test_turns_in_flight_are_admitted_only_while_their_reservations_fit() -> None:
+    # a 6 MiB reply cap: 96 MiB + 0.25 per turn; critical at 950 MiB of 1000
+    gov = governor(llm_max_reply_kb=6 * 1024, memory_retry_after_s=4)
+    assert gov.turn_reserve_bytes == int(96.25 * MIB)
+    gov.observe(650 * MIB)  # 300 MiB of room: 3 turns
+    assert gov.turns_allowed() == 3
+    held = [gov.admit("turn"), gov.admit("stream"), gov.admit("turn")]
+    with pytest.raises(MemoryPressure, match="3 turns in flight") as refused:
+        gov.admit("turn")
+    assert refused.value.headers == {"Retry-After": "4"}
+    assert gov.refusals == {"turn": 1}
+    assert 'agenthost_memory_refusals_total{level="reserve",route="turn"} 1.0' in \
+        gov.metrics.render().decode()
+    assert "agenthost_turns_in_flight 3.0" in gov.metrics.render().decode()
+    held[0].release()
+    held[0].release()  # once only
+    assert gov.in_flight == 2
+    with gov.admit("turn"):
+        assert gov.in_flight == 3
+    assert gov.in_flight == 2
+    report = gov.report()
+    assert report["turns_in_flight"] == 2 and report["turns_allowed"] == 3
+    assert report["turn_reserve_mb"] == 96.25
+
+
+def test_one_turn_is_always_admitted_and_workers_share_the_room(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gov = governor(llm_max_reply_kb=1024)
+    gov.observe(940 * MIB)  # 10 MiB of room: less than one reservation
+    assert gov.turns_allowed() == 0
+    with caplog.at_level(logging.WARNING, logger="app.memory.governor"):
+        assert gov.warn_if_no_turn_fits()
+    assert "a turn may hold up to 16 MiB" in caplog.text
+    assert "lower AGENTHOST_LLM_MAX_REPLY_KB" in caplog.text
+    first = gov.admit("turn")  # none in flight: progress
+    with pytest.raises(MemoryPressure):
+        gov.admit("turn")
+    first.release()
+    shared = MemoryGovernor(Settings(llm_max_reply_kb=6 * 1024), FakeMeter(),
+                            metrics=Metrics(), clock=FakeClock(), workers=2)
+    shared.observe(650 * MIB)
+    assert shared.turns_allowed() == 1  # 150 MiB each
+    assert shared.report()["workers_sharing"] == 2
+    assert not shared.warn_if_no_turn_fits()

@@ -25,10 +25,10 @@ def checked_message(state: StateDep, body: MessageIn) -> str:
 async def post_message(
     state: StateDep, config: TenantDep, tenant_id: TenantId, thread_id: ThreadId, body: MessageIn
 ) -> TurnOut:
-    state.governor.admit("turn")
     text = checked_message(state, body)
-    agent = await state.agents.get(tenant_id, config)
-    result = await state.runner.run(agent, thread_key(tenant_id, thread_id), text)
+    with state.governor.admit("turn"):
+        agent = await state.agents.get(tenant_id, config)
+        result = await state.runner.run(agent, thread_key(tenant_id, thread_id), text)
     return TurnOut(
         tenant_id=tenant_id,
         thread_id=thread_id,

@@ -20,11 +20,19 @@ router = APIRouter(prefix="/v1/tenants/{tenant_id}/threads/{thread_id}", tags=["
 async def stream_message(
     state: StateDep, config: TenantDep, tenant_id: TenantId, thread_id: ThreadId, body: MessageIn
 ) -> StreamResponse:
-    state.governor.admit("stream")
     text = checked_message(state, body)
-    agent = await state.agents.get(tenant_id, config)
-    settings = state.settings
-    session = StreamSession.open(state.streams, tenant_id, thread_id,
-                                 settings.stream_heartbeat_s, settings.shutdown_grace_s)
-    # The session calls it with its event callback as the last argument.
-    return session.start(partial(state.runner.run, agent, thread_key(tenant_id, thread_id), text))
+    admission = state.governor.admit("stream")
+    try:
+        agent = await state.agents.get(tenant_id, config)
+        settings = state.settings
+        session = StreamSession.open(state.streams, tenant_id, thread_id,
+                                     settings.stream_heartbeat_s, settings.shutdown_grace_s)
+        # The session calls it with its event callback as the last argument.
+        response = session.start(partial(state.runner.run, agent,
+                                         thread_key(tenant_id, thread_id), text))
+    except BaseException:
+        admission.release()
+        raise
+    # Released when the turn's task ends, however it ends (even cancelled before it ran).
+    session.on_turn_done(admission.release)
+    return response
