@@ -20,6 +20,7 @@ import pytest
 from app.memory.governor import REPLY_AMPLIFICATION, TURN_BASE_BYTES
 from app.memory.usage import MIB, Limit
 from tests.conftest import MockLLM, SettingsFactory, serve_app
+from tests.waiting import poll_until
 
 REPLY_BYTES = 1000 * 1000  # [[tokens:1000]] [[tokensize:1000]]
 BIG = "[[tokens:1000]] [[tokensize:1000]]"
@@ -110,8 +111,11 @@ async def test_turns_beyond_the_room_left_are_refused_while_those_in_flight_fini
         held = [asyncio.create_task(turn(client, route, f"held-{route}",
                                          f"wait [[gate:{route}]]"))
                 for route in ("messages", "stream")]
-        while (await client.get("/health/memory")).json()["turns_in_flight"] < 2:
-            await asyncio.sleep(0.02)
+
+        async def both_in_flight() -> bool:
+            return bool((await client.get("/health/memory")).json()["turns_in_flight"] == 2)
+
+        await poll_until(both_in_flight)
         for route in ("messages", "stream"):
             url = f"/v1/tenants/demo/threads/refused/{route}"
             refused = await client.post(url, json={"message": "one more"})
