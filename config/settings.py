@@ -152,8 +152,9 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = Field(
         None,
         validation_alias=AliasChoices("AGENTHOST_REDIS_URL", "REDIS_URL"),
-        description="Redis 8 (RedisJSON + RediSearch) URL (also read from REDIS_URL). "
-        "Unset: bounded in-memory persistence.",
+        description="Redis 8 (RedisJSON + RediSearch) URL (also read from REDIS_URL); a bare "
+        "host:port (as platforms hand out) means redis://host:port/0. Unset: bounded "
+        "in-memory persistence.",
     )
     redis_max_connections: int = Field(50, ge=1, description="Redis connection pool size.")
     redis_timeout_s: float = Field(
@@ -290,6 +291,13 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(
         20.0, ge=0, description="On shutdown, running turns get this long to finish."
     )
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _redis_scheme(cls, value: Any) -> Any:
+        if isinstance(value, str) and value and "://" not in value:
+            return f"redis://{value}/0"
+        return value
 
     @field_validator("service_api_keys", mode="before")
     @classmethod

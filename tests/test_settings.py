@@ -35,6 +35,16 @@ def test_environment_names_with_and_without_prefix(monkeypatch: pytest.MonkeyPat
     assert "sk-plain" not in repr(settings)
 
 
+def test_a_bare_redis_host_and_port_is_a_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Platforms (Render's fromService hostport) hand out host:port without a scheme."""
+    monkeypatch.setenv("REDIS_URL", "redis-abc:6379")
+    url = Settings().redis_url
+    assert url is not None and url.get_secret_value() == "redis://redis-abc:6379/0"
+    monkeypatch.setenv("REDIS_URL", "rediss://user:pw@h:6380/2")
+    url = Settings().redis_url
+    assert url is not None and url.get_secret_value() == "rediss://user:pw@h:6380/2"
+
+
 def test_yaml_file_is_read_and_environment_wins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
