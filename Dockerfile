@@ -36,6 +36,6 @@ EXPOSE 8000
 # Liveness only (/health never depends on Redis or memory pressure); readiness is
 # /health/ready, for the orchestrator's own probe. No curl in the slim image: Python asks.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('AGENTHOST_PORT', '8000'), timeout=2)"]
+    CMD ["python3", "-m", "app.healthcheck"]
 # The command the tests run (tests/servers/processes.py GUNICORN_ARGS; `make run`).
 CMD ["gunicorn", "-c", "config/gunicorn.conf.py", "app.asgi:app"]

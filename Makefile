@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP_VERSION := 26.3
 
-.PHONY: run test lint coverage clean
+.PHONY: run test container-test lint coverage clean
 
 run: $(VENV)/.deps-run
 	$(BIN)/gunicorn -c config/gunicorn.conf.py app.asgi:app
@@ -16,6 +16,11 @@ test: $(VENV)/.deps-test $(PROMETHEUS)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The image, compose and the memory promise in real containers (podman; installed from
+# Debian when missing). Skips, saying why, only where podman cannot run.
+container-test: $(VENV)/.deps-test $(PROMETHEUS)
+	$(BIN)/python -m pytest -m container -s tests/containers
 
 # Branch coverage of app/, service subprocesses included (by hand; slower than `make test`).
 coverage: $(VENV)/.deps-test $(PROMETHEUS)

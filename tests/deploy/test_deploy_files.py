@@ -10,10 +10,14 @@ strict schema written from Render's Blueprint reference (render-blueprint.schema
 from __future__ import annotations
 
 import copy
+import http.server
 import json
 import re
 import shlex
+import socketserver
 import subprocess
+import sys
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -73,7 +77,7 @@ def test_the_image_is_multi_stage_non_root_pinned_and_health_checked() -> None:
     users = [args for op, args in runtime if op == "USER"]
     assert users and users[-1].split(":")[0] not in {"0", "root"}
     health = [args for op, args in runtime if op == "HEALTHCHECK"]
-    assert len(health) == 1 and "/health" in health[0]
+    assert len(health) == 1 and health[0].endswith('CMD ["python3", "-m", "app.healthcheck"]')
     install = next(args for op, args in steps if op == "RUN" and "requirements.txt" in args)
     assert "--only-binary=:all:" in install and "pip==" in install
     for line in (ROOT / "requirements.txt").read_text().splitlines():
@@ -91,6 +95,35 @@ def test_the_gunicorn_config_runs_from_the_image_layout() -> None:
     imported = set(re.findall(r"^(?:from|import) (\w+)", source, re.MULTILINE))
     first_party = {path.name for path in ROOT.iterdir() if path.is_dir()}
     assert imported & first_party == {"app", "config"}, imported & first_party
+
+
+def test_the_healthcheck_asks_the_service_for_health(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``python3 -m app.healthcheck`` against a port that answers and one that does not."""
+    from tests.servers.processes import free_port
+
+    closed = free_port()
+    monkeypatch.setenv("AGENTHOST_PORT", str(closed))
+    check = [sys.executable, "-m", "app.healthcheck"]
+    failed = subprocess.run(check, capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert failed.returncode == 1 and f"port {closed} failed" in failed.stderr
+    with socketserver.TCPServer(("127.0.0.1", 0), Health) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        monkeypatch.setenv("AGENTHOST_PORT", str(server.server_address[1]))
+        try:
+            ok = subprocess.run(check, capture_output=True, text=True, timeout=30, cwd=ROOT)
+        finally:
+            server.shutdown()
+    assert ok.returncode == 0, ok.stderr
+
+
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/health" else 404)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 # --- compose.yaml ---
@@ -119,7 +152,7 @@ def test_compose_runs_the_service_in_512m_beside_a_healthy_redis_8() -> None:
     assert service["build"] == "." and service["mem_limit"] == "512m"
     assert service["deploy"]["resources"]["limits"]["memory"] == "512M"
     assert service["depends_on"] == {"redis": {"condition": "service_healthy"}}
-    assert "/health" in " ".join(service["healthcheck"]["test"])
+    assert service["healthcheck"]["test"] == ["CMD-SHELL", "python3 -m app.healthcheck"]
     assert service["ulimits"]["nofile"]["soft"] >= 10_000
     assert service["environment"]["REDIS_URL"] == "redis://redis:6379/0"
     grace = Settings().shutdown_grace_s
@@ -127,7 +160,7 @@ def test_compose_runs_the_service_in_512m_beside_a_healthy_redis_8() -> None:
     assert redis["image"] == "redis:8"
     assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
     assert "memory" in redis["deploy"]["resources"]["limits"]
-    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    assert redis["healthcheck"]["test"] == ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
     assert {"redis-data:/data"} <= set(redis["volumes"])
     for name in ("prometheus", "grafana"):
         assert compose["services"][name]["profiles"] == ["monitoring"]
