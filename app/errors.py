@@ -41,6 +41,11 @@ class AdminDisabled(AppError):
     code = "admin_disabled"
 
 
+class TenantUnreachable(AppError):
+    status_code = 409
+    code = "tenant_unreachable"
+
+
 class TenantNotFound(AppError):
     status_code = 404
     code = "tenant_not_found"

@@ -27,7 +27,7 @@ from app.memory.tracing import AllocationTracer
 from app.memory.usage import WORKERS_ENV, MemoryMeter
 from app.observability.metrics import Metrics
 from app.persistence.backend import open_backend
-from app.state import AppState
+from app.state import AppState, decide_auth
 from app.streaming.hub import StreamHub
 from app.tenants.registry import TenantRegistry, load_tenants_file
 from app.turns.runner import TurnRunner
@@ -117,13 +117,19 @@ async def build_state(settings: Settings, stack: AsyncExitStack, metrics: Metric
     )
     await governor.sample()  # the level is known before the first request
     governor.warn_if_no_turn_fits()
-    if not state.auth_enabled and not settings.binds_loopback:
-        if not settings.allow_public_without_auth:
+    state.auth_enabled = decide_auth(settings, tenants.any_keys)
+    if state.auth_enabled and not settings.service_api_keys:
+        keyless = [tenant_id for tenant_id, config in tenants.items()
+                   if not config.api_keys_sha256]
+        if not tenants.any_keys and settings.admin_token is None:
             raise ConfigError(
                 f"refusing to serve {settings.host} with auth off: set "
                 "AGENTHOST_SERVICE_API_KEYS or tenant api_keys_sha256, bind 127.0.0.1, or "
                 "set AGENTHOST_ALLOW_PUBLIC_WITHOUT_AUTH=true"
             )
+        if keyless:
+            logger.warning("auth is on and there are no service keys: tenants without "
+                           "api_keys_sha256 cannot be reached: %s", ", ".join(keyless))
     state.defaults = _embedded_defaults(state)
     return state
 

@@ -38,7 +38,16 @@ class AppState:
     ballast: Ballast | None = None
     #: one plain sentence per embedded default in force (startup log and /health/ready)
     defaults: list[str] = field(default_factory=list)
+    #: whether requests need a key: decided once at start (``decide_auth``), never
+    #: inferred again from the tenants present, so no admin change can switch it off
+    auth_enabled: bool = True
 
-    @property
-    def auth_enabled(self) -> bool:
-        return bool(self.settings.service_api_keys) or self.tenants.any_keys
+
+def decide_auth(settings: Settings, tenant_keys: bool) -> bool:
+    """Auth is required on a non-loopback address (unless explicitly allowed off there)
+    and whenever a service key, a tenant key or an admin token is configured."""
+    configured = bool(settings.service_api_keys) or tenant_keys or (
+        settings.admin_token is not None)
+    if configured:
+        return True
+    return not settings.binds_loopback and not settings.allow_public_without_auth

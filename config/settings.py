@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -304,6 +305,17 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("service_api_keys", "admin_token")
+    @classmethod
+    def _bearer_tokens(cls, value: Any) -> Any:
+        """Keys a client can send as RFC 6750 says (``Authorization: Bearer <token68>``)."""
+        for secret in value if isinstance(value, list) else [value]:
+            if secret is not None and not re.fullmatch(r"[A-Za-z0-9._~+/-]+=*",
+                                                       secret.get_secret_value()):
+                raise ValueError("keys and tokens are sent as 'Bearer <token>': letters, "
+                                 "digits and -._~+/ only (then any '=')")
         return value
 
     @field_validator("log_level")

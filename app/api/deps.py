@@ -7,6 +7,8 @@ dependency in a worker thread, a thread hop per dependency per request.
 from __future__ import annotations
 
 import hmac
+import logging
+import re
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
@@ -26,17 +28,38 @@ TenantId = Annotated[str, Path(pattern=ID_PATTERN, description="Tenant id")]
 ThreadId = Annotated[str, Path(pattern=ID_PATTERN, description="Thread id")]
 
 
+#: 401s, one INFO line each (route and reason, never the key): the audit trail
+audit = logging.getLogger("app.audit")
+# RFC 7235: credentials = auth-scheme 1*SP token68, the scheme case-insensitive;
+# RFC 6750: a bearer token is a token68 (b64token).
+_CREDENTIALS = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) +([A-Za-z0-9._~+/-]+=*) *")
+
+
 def bearer_token(authorization: str | None) -> str | None:
+    """The token of ``Authorization: Bearer <token>`` as RFC 7235/6750 read it, else None."""
     if not authorization:
         return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    match = _CREDENTIALS.fullmatch(authorization)
+    if match is None or match.group(1).lower() != "bearer":
         return None
-    return token.strip()
+    return match.group(2)
+
+
+def refused(request: Request, reason: str, message: str) -> Unauthorized:
+    client = request.client.host if request.client else "-"
+    audit.info("401 %s %s from %s: %s", request.method, request.url.path, client, reason)
+    return Unauthorized(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def credentials_reason(authorization: str | None) -> str:
+    if not authorization:
+        return "no Authorization header"
+    return "Authorization is not 'Bearer <token>'"
 
 
 async def authorized_tenant(
     state: StateDep,
+    request: Request,
     tenant_id: TenantId,
     authorization: Annotated[str | None, Header()] = None,
 ) -> TenantConfig:
@@ -49,10 +72,8 @@ async def authorized_tenant(
     if state.auth_enabled:
         token = bearer_token(authorization)
         if token is None:
-            raise Unauthorized(
-                "send 'Authorization: Bearer <key>' with a tenant or service key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise refused(request, credentials_reason(authorization),
+                          "send 'Authorization: Bearer <key>' with a tenant or service key")
         is_service = any(
             hmac.compare_digest(token.encode(), key.get_secret_value().encode())
             for key in state.settings.service_api_keys
@@ -60,7 +81,7 @@ async def authorized_tenant(
         if not is_service:
             owner = state.tenants.owner_of_key(token)
             if owner is None:
-                raise Unauthorized("unknown key", headers={"WWW-Authenticate": "Bearer"})
+                raise refused(request, "unknown key", "unknown key")
             if owner != tenant_id:
                 config = None
     if config is None:

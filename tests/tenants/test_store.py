@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 
 from app.tenants.registry import TenantConfig, TenantRegistry
 from app.tenants.store import CHANNEL, HASH_KEY, SEEDED_KEY, VERSION_KEY, RedisTenantStore
-from tests.conftest import MockLLM
+from tests.conftest import SERVICE_KEY, MockLLM
 from tests.servers.processes import free_port, start_app
 from tests.waiting import wait_for, wait_until
 
@@ -26,23 +26,25 @@ ADMIN = {"Authorization": "Bearer admin-secret"}
 def test_admin_changes_reach_the_other_worker(redis_url: str, mock_llm: MockLLM) -> None:
     env = {"REDIS_URL": redis_url, "OPENAI_API_KEY": "sk-test",
            "OPENAI_BASE_URL": mock_llm.base_url, "AGENTHOST_ADMIN_TOKEN": "admin-secret",
-           "AGENTHOST_TENANT_SYNC_INTERVAL_S": "1"}
+           "AGENTHOST_SERVICE_API_KEYS": SERVICE_KEY, "AGENTHOST_TENANT_SYNC_INTERVAL_S": "1"}
+    service = {"Authorization": f"Bearer {SERVICE_KEY}"}
     first, second = start_app(env), start_app(env)
     a, b = f"http://127.0.0.1:{first.port}", f"http://127.0.0.1:{second.port}"
     chat = "/v1/tenants/newco/threads/t/messages"
     try:
-        assert httpx.post(b + chat, json={"message": "x"}).status_code == 404
+        assert httpx.post(b + chat, json={"message": "x"}, headers=service).status_code == 404
         body = {"system_prompt": "Prompt one.", "tools": []}
         assert httpx.put(f"{a}/v1/admin/tenants/newco", json=body,
                          headers=ADMIN).status_code == 201
-        wait_for(lambda: httpx.post(b + chat, json={"message": "x"}).status_code == 200)
+        wait_for(lambda: httpx.post(b + chat, json={"message": "x"},
+                                    headers=service).status_code == 200)
 
         # a replaced prompt: worker b's cached agent must go
         httpx.put(f"{a}/v1/admin/tenants/newco", json={**body, "system_prompt": "Prompt two!"},
                   headers=ADMIN).raise_for_status()
 
         def b_uses_new_prompt() -> bool:
-            httpx.post(b + chat, json={"message": "x"}).raise_for_status()
+            httpx.post(b + chat, json={"message": "x"}, headers=service).raise_for_status()
             return bool(mock_llm.requests()[-1]["chars"][0] == len("Prompt two!"))
 
         wait_for(b_uses_new_prompt)
@@ -54,13 +56,14 @@ def test_admin_changes_reach_the_other_worker(redis_url: str, mock_llm: MockLLM)
             client.incr(VERSION_KEY)
 
         def b_uses_third_prompt() -> bool:
-            httpx.post(b + chat, json={"message": "x"}).raise_for_status()
+            httpx.post(b + chat, json={"message": "x"}, headers=service).raise_for_status()
             return bool(mock_llm.requests()[-1]["chars"][0] == len(config.system_prompt))
 
         wait_for(b_uses_third_prompt)
 
         assert httpx.delete(f"{a}/v1/admin/tenants/newco", headers=ADMIN).status_code == 204
-        wait_for(lambda: httpx.post(b + chat, json={"message": "x"}).status_code == 404)
+        wait_for(lambda: httpx.post(b + chat, json={"message": "x"},
+                                    headers=service).status_code == 404)
     finally:
         first.stop()
         second.stop()

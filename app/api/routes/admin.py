@@ -5,26 +5,33 @@ from __future__ import annotations
 import hmac
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 
-from app.api.deps import StateDep, TenantId, bearer_token
-from app.errors import AdminDisabled, ConfigError, InvalidRequest, TenantNotFound, Unauthorized
+from app.api.deps import StateDep, TenantId, bearer_token, credentials_reason, refused
+from app.errors import (
+    AdminDisabled,
+    ConfigError,
+    InvalidRequest,
+    TenantNotFound,
+    TenantUnreachable,
+)
 from app.state import AppState
 from app.tenants.registry import TenantConfig
 
 
 async def require_admin(
-    state: StateDep, authorization: Annotated[str | None, Header()] = None
+    state: StateDep, request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> AppState:
     expected = state.settings.admin_token
     if expected is None:
         raise AdminDisabled("the admin API is off; set AGENTHOST_ADMIN_TOKEN to turn it on")
     token = bearer_token(authorization)
-    if token is None or not hmac.compare_digest(
-        token.encode(), expected.get_secret_value().encode()
-    ):
-        raise Unauthorized("send 'Authorization: Bearer <admin token>'",
-                           headers={"WWW-Authenticate": "Bearer"})
+    if token is None:
+        raise refused(request, credentials_reason(authorization),
+                      "send 'Authorization: Bearer <admin token>'")
+    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
+        raise refused(request, "wrong admin token",
+                      "send 'Authorization: Bearer <admin token>'")
     return state
 
 
@@ -55,6 +62,11 @@ async def get_tenant(state: AdminDep, tenant_id: TenantId) -> dict[str, Any]:
 async def put_tenant(
     state: AdminDep, tenant_id: TenantId, config: TenantConfig, response: Response
 ) -> dict[str, Any]:
+    if state.auth_enabled and not state.settings.service_api_keys and not (
+            config.api_keys_sha256):
+        raise TenantUnreachable(
+            f"auth is on and there are no service keys: tenant {tenant_id!r} without "
+            "api_keys_sha256 could not be reached by anyone; give it a key")
     try:
         created = await state.tenant_store.put(tenant_id, config)
     except ConfigError as exc:
