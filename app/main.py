@@ -177,7 +177,8 @@ def create_app(settings: Settings | None = None, *, meter: Meter | None = None) 
     if resolved.memory_test_allocations:
         app.include_router(memory.ballast_router)
     # Outermost last: the request id wraps everything, including 413 refusals.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=resolved.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=resolved.max_body_bytes,
+                       read_timeout_s=resolved.body_read_timeout_s)
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(ResponseMetricsMiddleware, counter=metrics.http_responses)
     return app

@@ -2,8 +2,8 @@
 
 uvicorn-worker's ``UvicornWorker`` with the shutdown timing ``python -m app`` uses: requests
 in flight (JSON turns and streams) get the shutdown grace, plus a margin so streams still
-running then get their final event before uvicorn closes their connections. uvloop and
-httptools when installed ("auto").
+running then get their final event before uvicorn closes their connections. uvloop, and
+httptools with the connection guards of app/connections.py.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from uvicorn_worker import UvicornWorker
 
+from app.connections import connection_cap, guarded_protocol, raise_open_file_limit
 from config.settings import Settings
 
 SHUTDOWN_MARGIN_S = 5
@@ -28,6 +29,11 @@ class AgentHostWorker(UvicornWorker):  # type: ignore[misc]  # untyped base
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Read when the worker starts (the master has validated the settings by then),
         # not at import.
-        self.CONFIG_KWARGS = {**self.CONFIG_KWARGS,  # type: ignore[misc]
-                              "timeout_graceful_shutdown": graceful_shutdown_s(Settings())}
+        settings = Settings()
+        cap = connection_cap(settings.max_connections, raise_open_file_limit())
+        self.CONFIG_KWARGS = {  # type: ignore[misc]
+            **self.CONFIG_KWARGS,
+            "timeout_graceful_shutdown": graceful_shutdown_s(settings),
+            "http": guarded_protocol(settings.header_read_timeout_s, cap),
+        }
         super().__init__(*args, **kwargs)

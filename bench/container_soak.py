@@ -172,6 +172,7 @@ def run_soak(args: argparse.Namespace) -> Soak:
                 })
                 print(f"pass {number}: {summary['ok']}/{summary['turns']} ok, "
                       f"{summary['turns_per_s']:.0f} turns/s, cgroup usage {usage:.0f} MiB, "
+                      f"errors {summary.get('errors') or {}}, "
                       f"exit code {exit_code(service.name)}", flush=True)
     finally:
         stop.set()

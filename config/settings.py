@@ -289,6 +289,18 @@ class Settings(BaseSettings):
     janitor_interval_s: float = Field(
         60.0, gt=0, description="Seconds between the janitor's cleanup sweeps."
     )
+    header_read_timeout_s: float = Field(
+        10.0, gt=0, description="A request's headers must arrive within this long of the "
+        "connection (or of its first byte); else 408 and the connection is closed.",
+    )
+    body_read_timeout_s: float = Field(
+        30.0, gt=0, description="A request's body must arrive within this long of its "
+        "headers; else 408 request_timeout and the connection is closed.",
+    )
+    max_connections: int = Field(
+        1000, ge=1, description="Open client connections per worker; beyond it a new one "
+        "gets 503 too_many_connections at once. Lowered to the open-file limit minus 256.",
+    )
     shutdown_grace_s: float = Field(
         20.0, ge=0, description="On shutdown, running turns get this long to finish."
     )
