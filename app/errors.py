@@ -130,8 +130,13 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else "request failed"
+    if exc.status_code == 400:
+        # The framework's 400 is a body it could not decode (not UTF-8, JSON nested too
+        # deep): an invalid request like any other, as README promises.
+        return JSONResponse(error_body("invalid_request", f"the body could not be read: "
+                                       f"{message}"), 422)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
     return JSONResponse(error_body(code, message), exc.status_code, headers=exc.headers)
 
 

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
         description="Comma-separated service keys; a service key acts on every tenant.",
     )
 
+    ops_token: SecretStr | None = Field(
+        None, description="Bearer token that shows operators the details /health/ready and "
+        "/cache-stats hold (storage and model addresses, cache contents) when auth is on; "
+        "the admin token and service keys show them too.",
+    )
+
     admin_token: SecretStr | None = Field(
         None, description="Bearer token for the /v1/admin API; without it the admin API is off."
     )
@@ -319,7 +325,7 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("service_api_keys", "admin_token")
+    @field_validator("service_api_keys", "admin_token", "ops_token")
     @classmethod
     def _bearer_tokens(cls, value: Any) -> Any:
         """Keys a client can send as RFC 6750 says (``Authorization: Bearer <token68>``)."""

@@ -90,3 +90,30 @@ async def authorized_tenant(
 
 
 TenantDep = Annotated[TenantConfig, Depends(authorized_tenant)]
+
+
+def may_see_details(state: AppState, authorization: str | None) -> bool:
+    """Operators' details (addresses, cache contents): open while auth is off; else for
+    the ops token, the admin token or a service key."""
+    if not state.auth_enabled:
+        return True
+    token = bearer_token(authorization)
+    if token is None:
+        return False
+    settings = state.settings
+    allowed = [*settings.service_api_keys, settings.ops_token, settings.admin_token]
+    return any(secret is not None and hmac.compare_digest(
+        token.encode(), secret.get_secret_value().encode()) for secret in allowed)
+
+
+async def operator(
+    state: StateDep, request: Request, authorization: Annotated[str | None, Header()] = None
+) -> AppState:
+    if not may_see_details(state, authorization):
+        raise refused(request, "no ops credentials",
+                      "send 'Authorization: Bearer <ops token>' (or the admin token or a "
+                      "service key)")
+    return state
+
+
+OperatorDep = Annotated[AppState, Depends(operator)]

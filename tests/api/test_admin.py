@@ -66,7 +66,7 @@ async def test_create_read_replace_delete(
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "tenant_not_found"
         missing = await client.delete("/v1/admin/tenants/newco", headers=ADMIN)
         assert missing.status_code == 404
-        stats = (await client.get("/cache-stats")).json()["agent_cache"]
+        stats = (await client.get("/cache-stats", headers=SERVICE)).json()["agent_cache"]
         assert stats["evictions"].get("invalidated", 0) >= 2
 
 

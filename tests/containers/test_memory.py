@@ -105,7 +105,8 @@ def test_256m_embedded_default_refuses_a_flood_instead_of_dying_and_recovers(
 
 def worker_pid(url: str) -> int | None:
     try:
-        pid: int = httpx.get(f"{url}/cache-stats", timeout=5).json()["worker_pid"]
+        pid: int = httpx.get(f"{url}/cache-stats", headers=AUTH,
+                             timeout=5).json()["worker_pid"]
     except (httpx.HTTPError, KeyError, ValueError):
         return None
     return pid

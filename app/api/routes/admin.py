@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, Response
 
 from app.api.deps import StateDep, TenantId, bearer_token, credentials_reason, refused
+from app.api.responses import BODY, errors
 from app.errors import (
     AdminDisabled,
     ConfigError,
@@ -37,7 +38,8 @@ async def require_admin(
 
 AdminDep = Annotated[AppState, Depends(require_admin)]
 
-router = APIRouter(prefix="/v1/admin/tenants", tags=["admin"])
+router = APIRouter(prefix="/v1/admin/tenants", tags=["admin"],
+                   responses=errors(401, 403, 404, 422))
 
 
 def _tenant_body(tenant_id: str, config: TenantConfig) -> dict[str, Any]:
@@ -58,7 +60,8 @@ async def get_tenant(state: AdminDep, tenant_id: TenantId) -> dict[str, Any]:
     return _tenant_body(tenant_id, config)
 
 
-@router.put("/{tenant_id}")
+@router.put("/{tenant_id}", responses={**BODY, **errors(409), 201: {
+    "description": "created (200: an existing tenant replaced), with the same body"}})
 async def put_tenant(
     state: AdminDep, tenant_id: TenantId, config: TenantConfig, response: Response
 ) -> dict[str, Any]:

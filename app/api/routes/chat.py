@@ -7,11 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from app.api.deps import StateDep, TenantDep, TenantId, ThreadId
+from app.api.responses import BODY, errors
 from app.api.schemas import HistoryOut, MessageIn, MessageOut, ReplyOut, TurnOut, Usage
 from app.errors import PayloadTooLarge, ThreadNotFound
 from app.persistence.base import thread_key
 
-router = APIRouter(prefix="/v1/tenants/{tenant_id}/threads/{thread_id}", tags=["chat"])
+router = APIRouter(prefix="/v1/tenants/{tenant_id}/threads/{thread_id}", tags=["chat"],
+                   responses=errors(401, 404, 422, 503))
 
 
 def checked_message(state: StateDep, body: MessageIn) -> str:
@@ -21,7 +23,7 @@ def checked_message(state: StateDep, body: MessageIn) -> str:
     return body.message
 
 
-@router.post("/messages")
+@router.post("/messages", responses={**BODY, **errors(502, 504)})
 async def post_message(
     state: StateDep, config: TenantDep, tenant_id: TenantId, thread_id: ThreadId, body: MessageIn
 ) -> TurnOut:

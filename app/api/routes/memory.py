@@ -13,13 +13,16 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from app.api.deps import StateDep
+from app.api.responses import BODY, errors
 from app.api.routes.admin import AdminDep
 from app.errors import TracingOff
 from app.memory.usage import MIB
 
 router = APIRouter(tags=["operations"])
-admin_router = APIRouter(prefix="/v1/admin/memory", tags=["admin"])
-ballast_router = APIRouter(prefix="/v1/admin/memory", tags=["testing"])
+admin_router = APIRouter(prefix="/v1/admin/memory", tags=["admin"],
+                         responses=errors(401, 403, 404, 422))
+ballast_router = APIRouter(prefix="/v1/admin/memory", tags=["testing"],
+                           responses={**errors(401, 403), **BODY})
 
 
 @router.get("/health/memory")

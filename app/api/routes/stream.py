@@ -7,16 +7,24 @@ from functools import partial
 from fastapi import APIRouter
 
 from app.api.deps import StateDep, TenantDep, TenantId, ThreadId
+from app.api.responses import BODY, errors
 from app.api.routes.chat import checked_message
 from app.api.schemas import MessageIn
 from app.persistence.base import thread_key
 from app.streaming.response import StreamResponse
 from app.streaming.session import StreamSession
 
-router = APIRouter(prefix="/v1/tenants/{tenant_id}/threads/{thread_id}", tags=["chat"])
+router = APIRouter(prefix="/v1/tenants/{tenant_id}/threads/{thread_id}", tags=["chat"],
+                   responses=errors(401, 404, 422, 503))
+
+_EVENTS = ("Server-Sent Events: `token` {text}, `tool` and `tool_result`, `message` {content}, "
+           "then `done` {usage} or `error` {code, message}; `: ping` comments while idle.")
 
 
-@router.post("/stream", response_class=StreamResponse)
+@router.post("/stream", response_class=StreamResponse, status_code=200,
+             responses={**BODY, **errors(429), 200: {
+                 "description": _EVENTS,
+                 "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
 async def stream_message(
     state: StateDep, config: TenantDep, tenant_id: TenantId, thread_id: ThreadId, body: MessageIn
 ) -> StreamResponse:
