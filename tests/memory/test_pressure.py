@@ -14,13 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import MockLLM, SettingsFactory, app_client
+from tests.conftest import SERVICE_KEY, MockLLM, SettingsFactory, app_client
 from tests.servers.processes import ManagedProcess, start_app
 from tests.sse import Event, read_sse
 from tests.waiting import poll_until, wait_until
 
 LIMIT_MB = 600
 ADMIN = {"Authorization": "Bearer admin-secret"}
+SERVICE = {"Authorization": f"Bearer {SERVICE_KEY}"}
 PATH = "/v1/tenants/demo/threads/{thread}"
 
 
@@ -29,6 +30,7 @@ def app(mock_llm: MockLLM) -> Iterator[ManagedProcess]:
     proc = start_app({
         "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": mock_llm.base_url,
         "AGENTHOST_ADMIN_TOKEN": "admin-secret",
+        "AGENTHOST_SERVICE_API_KEYS": SERVICE_KEY,  # an admin token turns auth on
         "AGENTHOST_MEMORY_TEST_ALLOCATIONS": "true",
         "AGENTHOST_MEMORY_LIMIT_MB": str(LIMIT_MB),
         "AGENTHOST_MEMORY_SAMPLE_S": "0.1",
@@ -84,7 +86,7 @@ async def test_each_level_acts_refuses_with_retry_after_and_recovers(
     app: ManagedProcess, mock_llm: MockLLM
 ) -> None:
     base = f"http://127.0.0.1:{app.port}"
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=30, headers=SERVICE) as client:
         idle = await memory(client)
         assert (idle["pressure"], idle["status"]) == ("low", "healthy")
         assert (idle["limit_mb"], idle["limit_source"]) == (LIMIT_MB, "setting")
@@ -178,12 +180,14 @@ async def test_ballast_routes_exist_only_when_the_test_setting_is_on(
 
 
 async def test_allocation_report_when_tracing_is_on(make_settings: SettingsFactory) -> None:
-    settings = make_settings(admin_token="admin-secret", memory_tracemalloc=True)
+    settings = make_settings(admin_token="admin-secret", memory_tracemalloc=True,
+                             service_api_keys=[SERVICE_KEY])
     async with app_client(settings) as client:
         assert (await client.get("/v1/admin/memory/allocations")).status_code == 401
         for i in range(20):
             assert (await client.post(PATH.format(thread=f"t{i}") + "/messages",
-                                      json={"message": "hello " * 100})).status_code == 200
+                                      json={"message": "hello " * 100},
+                                      headers=SERVICE)).status_code == 200
         report = (await client.get("/v1/admin/memory/allocations", params={"limit": 5},
                                    headers=ADMIN)).json()
         assert report["traced_bytes"] > 0 and len(report["top"]) == 5
