@@ -46,6 +46,11 @@ class TenantUnreachable(AppError):
     code = "tenant_unreachable"
 
 
+class ThreadBusy(AppError):
+    status_code = 409
+    code = "thread_busy"
+
+
 class TenantNotFound(AppError):
     status_code = 404
     code = "tenant_not_found"

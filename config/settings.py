@@ -9,7 +9,7 @@ import ipaddress
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -306,6 +306,19 @@ class Settings(BaseSettings):
     max_connections: int = Field(
         1000, ge=1, description="Open client connections per worker; beyond it a new one "
         "gets 503 too_many_connections at once. Lowered to the open-file limit minus 256.",
+    )
+    thread_busy_policy: Literal["enqueue", "reject"] = Field(
+        "enqueue", description="A message on a thread whose previous turn still runs: "
+        "enqueue (wait up to thread_wait_s, then 409 thread_busy) or reject (409 at once). "
+        "A request may choose with the X-Busy-Policy header.",
+    )
+    thread_wait_s: float = Field(
+        30.0, gt=0, description="How long an enqueued turn waits for the thread's previous "
+        "turn before 409 thread_busy.",
+    )
+    thread_lease_s: float = Field(
+        10.0, ge=1, description="The Redis thread lock is a lease this long, renewed every "
+        "third of it while the turn runs; a lock nobody holds lapses within it.",
     )
     shutdown_grace_s: float = Field(
         20.0, ge=0, description="On shutdown, running turns get this long to finish."

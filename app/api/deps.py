@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Header, Path, Request
 
@@ -90,6 +90,11 @@ async def authorized_tenant(
 
 
 TenantDep = Annotated[TenantConfig, Depends(authorized_tenant)]
+#: a message on a thread whose previous turn still runs: wait for it, or 409 at once
+BusyPolicy = Annotated[Literal["enqueue", "reject"] | None, Header(
+    alias="X-Busy-Policy",
+    description="enqueue: wait up to AGENTHOST_THREAD_WAIT_S for the thread's previous "
+    "turn; reject: 409 thread_busy at once. Default: AGENTHOST_THREAD_BUSY_POLICY.")]
 
 
 def may_see_details(state: AppState, authorization: str | None) -> bool:

@@ -95,8 +95,9 @@ class Backend:
         async with self.guard():
             await self.checkpointer.adelete_thread(key)
 
-    def thread_lock(self, key: str, hold_s: float) -> AbstractAsyncContextManager[Any]:
-        """Held for a whole turn so turns on one thread never interleave.
+    def thread_lock(self, key: str, wait_s: float) -> AbstractAsyncContextManager[Any]:
+        """Held for a whole turn so turns on one thread never interleave across workers;
+        ``ThreadBusy`` when another holder keeps it past ``wait_s`` (0: do not wait).
 
         In-process storage has one worker; the runner's own lock is enough.
         """

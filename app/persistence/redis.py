@@ -31,6 +31,7 @@ from app.clean_context import in_fresh_context
 from app.errors import ConfigError
 from app.observability.metrics import Metrics
 from app.persistence.base import Backend
+from app.persistence.locks import ThreadLease
 from app.tenants.registry import TenantRegistry
 from app.tenants.store import RedisTenantStore, TenantStore
 from config.settings import Settings
@@ -154,8 +155,10 @@ class RedisBackend(Backend):
     unavailable_errors = (RedisError, RedisVLError, OSError)
 
     def __init__(self, saver: AsyncRedisSaver, client: Redis, where: str, ttl_s: int,
-                 timeout_s: float, metrics: Metrics | None = None) -> None:
+                 timeout_s: float, metrics: Metrics | None = None,
+                 lease_s: float = 10.0) -> None:
         super().__init__(saver, f"Redis at {where} (TTL {ttl_s}s)", metrics)
+        self._lease_s = lease_s
         self.checkpointer: AsyncRedisSaver = saver
         self.client = client
         self._timeout_s = timeout_s
@@ -197,7 +200,7 @@ class RedisBackend(Backend):
             # keys of deleted ones and then stops helping; building a key is cheap.
             saver._key_cache_max_size = 0
             backend = cls(saver, client, where, settings.history_ttl_s,
-                          settings.redis_timeout_s, metrics)
+                          settings.redis_timeout_s, metrics, settings.thread_lease_s)
             try:
                 await backend._set_up()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -219,14 +222,11 @@ class RedisBackend(Backend):
         await self.checkpointer.asetup()
         self._needs_setup = False
 
-    def thread_lock(self, key: str, hold_s: float) -> AbstractAsyncContextManager[Any]:
-        """A Redis lock, so replicas sharing this Redis never interleave turns on a thread.
-
-        It expires after ``hold_s`` should its holder die; waiting for it counts against
-        the turn's timeout.
-        """
-        return self.client.lock(f"{LOCK_PREFIX}{key}", timeout=hold_s, sleep=0.05,
-                                raise_on_release_error=False)
+    def thread_lock(self, key: str, wait_s: float) -> AbstractAsyncContextManager[Any]:
+        """A Redis lease on the thread, so replicas sharing this Redis never interleave
+        turns on it; safe against Redis stalls (app/persistence/locks.py)."""
+        return ThreadLease(self.client, f"{LOCK_PREFIX}{key}", lease_s=self._lease_s,
+                           wait_s=wait_s)
 
     async def after_turn(self, key: str) -> None:
         await self.checkpointer.aprune([key], keep_last=1)

@@ -31,6 +31,7 @@ from langgraph.graph import MessagesState
 from app.agents.graph import AgentGraph, TenantAgent, TurnContext
 from app.errors import (
     AppError,
+    ThreadBusy,
     TurnTimeout,
     UpstreamError,
 )
@@ -42,8 +43,8 @@ from config.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# A thread lock outlives the turn's timeout by this much before it expires on its own.
-LOCK_MARGIN_S = 10.0
+#: a message on a busy thread: wait for its turn, or be refused at once
+POLICIES = ("enqueue", "reject")
 
 
 @dataclass(slots=True)
@@ -70,6 +71,9 @@ class TurnRunner:
         self._graph = graph
         self._backend = backend
         self._timeout_s = settings.turn_timeout_s
+        self._wait_s = settings.thread_wait_s
+        self._policy = settings.thread_busy_policy
+        self._retry_after = str(max(1, round(min(settings.thread_wait_s, 5))))
         self._recursion_limit = 2 * settings.max_tool_rounds + 1
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
 
@@ -80,18 +84,52 @@ class TurnRunner:
             self._locks[key] = lock
         return lock
 
+    def busy(self, key: str) -> bool:
+        """A turn on this thread runs in this worker now."""
+        lock = self._locks.get(key)
+        return lock is not None and lock.locked()
+
+    def wait_for(self, policy: str | None) -> float:
+        """Seconds a turn waits for its thread under ``policy`` (the default when None)."""
+        return 0.0 if (policy or self._policy) == "reject" else self._wait_s
+
     @asynccontextmanager
-    async def _turn(self, agent: TenantAgent, key: str) -> AsyncIterator[None]:
+    async def _thread(self, key: str, wait_s: float) -> AsyncIterator[None]:
+        """This worker's lock on the thread, waited for at most ``wait_s`` (0: not at all)."""
+        lock = self._lock(key)
+        busy = ThreadBusy(
+            "another turn is running on this thread" + (
+                f" and did not end within {wait_s:g}s" if wait_s else ""),
+            headers={"Retry-After": self._retry_after})
+        if wait_s <= 0:
+            if lock.locked():
+                raise busy
+            await lock.acquire()
+        else:
+            try:
+                async with asyncio.timeout(wait_s):
+                    await lock.acquire()
+            except TimeoutError:
+                raise busy from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    @asynccontextmanager
+    async def _turn(self, agent: TenantAgent, key: str, wait_s: float) -> AsyncIterator[None]:
         """Serialize per thread, bound in time, translate failures, count the outcome."""
         started = time.perf_counter()
         outcome = "ok"
         try:
-            async with (
-                self._lock(key),
-                asyncio.timeout(self._timeout_s),
-                self._backend.thread_lock(key, self._timeout_s + LOCK_MARGIN_S),
-            ):
-                yield
+            async with self._thread(key, wait_s):
+                waited = time.perf_counter() - started
+                async with (
+                    asyncio.timeout(self._timeout_s),
+                    self._backend.thread_lock(key, max(0.0, wait_s - waited)
+                                              if wait_s else 0.0),
+                ):
+                    yield
         except AppError as exc:
             outcome = exc.code
             raise
@@ -117,7 +155,8 @@ class TurnRunner:
         return {**thread_config(key), "recursion_limit": self._recursion_limit}
 
     async def run(
-        self, agent: TenantAgent, key: str, text: str, on_event: OnEvent | None = None
+        self, agent: TenantAgent, key: str, text: str, on_event: OnEvent | None = None,
+        *, policy: str | None = None,
     ) -> TurnResult:
         """Run a turn; with ``on_event``, report its tokens, tool calls and results as they
         happen, and its reply once stored."""
@@ -128,7 +167,7 @@ class TurnRunner:
         context = TurnContext(agent, None if on_event is None else
                               lambda text: on_event(Token(text)))
         async with (
-            self._turn(agent, key),
+            self._turn(agent, key, self.wait_for(policy)),
             self._backend.unit_of_work(self._graph, key, message.id or ""),
         ):
             update: Any

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from app.api.deps import StateDep, TenantDep, TenantId, ThreadId
+from app.api.deps import BusyPolicy, StateDep, TenantDep, TenantId, ThreadId
 from app.api.responses import BODY, errors
 from app.api.schemas import HistoryOut, MessageIn, MessageOut, ReplyOut, TurnOut, Usage
 from app.errors import PayloadTooLarge, ThreadNotFound
@@ -23,14 +23,16 @@ def checked_message(state: StateDep, body: MessageIn) -> str:
     return body.message
 
 
-@router.post("/messages", responses={**BODY, **errors(502, 504)})
+@router.post("/messages", responses={**BODY, **errors(409, 502, 504)})
 async def post_message(
-    state: StateDep, config: TenantDep, tenant_id: TenantId, thread_id: ThreadId, body: MessageIn
+    state: StateDep, config: TenantDep, tenant_id: TenantId, thread_id: ThreadId,
+    body: MessageIn, busy_policy: BusyPolicy = None,
 ) -> TurnOut:
     text = checked_message(state, body)
     with state.governor.admit("turn"):
         agent = await state.agents.get(tenant_id, config)
-        result = await state.runner.run(agent, thread_key(tenant_id, thread_id), text)
+        result = await state.runner.run(agent, thread_key(tenant_id, thread_id), text,
+                                        policy=busy_policy)
     return TurnOut(
         tenant_id=tenant_id,
         thread_id=thread_id,

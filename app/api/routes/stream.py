@@ -6,10 +6,11 @@ from functools import partial
 
 from fastapi import APIRouter
 
-from app.api.deps import StateDep, TenantDep, TenantId, ThreadId
+from app.api.deps import BusyPolicy, StateDep, TenantDep, TenantId, ThreadId
 from app.api.responses import BODY, errors
 from app.api.routes.chat import checked_message
 from app.api.schemas import MessageIn
+from app.errors import ThreadBusy
 from app.persistence.base import thread_key
 from app.streaming.response import StreamResponse
 from app.streaming.session import StreamSession
@@ -22,13 +23,20 @@ _EVENTS = ("Server-Sent Events: `token` {text}, `tool` and `tool_result`, `messa
 
 
 @router.post("/stream", response_class=StreamResponse, status_code=200,
-             responses={**BODY, **errors(429), 200: {
+             responses={**BODY, **errors(409, 429), 200: {
                  "description": _EVENTS,
                  "content": {"text/event-stream": {"schema": {"type": "string"}}}}})
 async def stream_message(
-    state: StateDep, config: TenantDep, tenant_id: TenantId, thread_id: ThreadId, body: MessageIn
+    state: StateDep, config: TenantDep, tenant_id: TenantId, thread_id: ThreadId,
+    body: MessageIn, busy_policy: BusyPolicy = None,
 ) -> StreamResponse:
     text = checked_message(state, body)
+    key = thread_key(tenant_id, thread_id)
+    if state.runner.wait_for(busy_policy) == 0 and state.runner.busy(key):
+        # refused before the stream starts; a turn busy in another worker is found once
+        # the stream runs, and ends it with an error event thread_busy
+        raise ThreadBusy("another turn is running on this thread",
+                         headers={"Retry-After": "2"})
     admission = state.governor.admit("stream")
     try:
         agent = await state.agents.get(tenant_id, config)
@@ -36,8 +44,8 @@ async def stream_message(
         session = StreamSession.open(state.streams, tenant_id, thread_id,
                                      settings.stream_heartbeat_s, settings.shutdown_grace_s)
         # The session calls it with its event callback as the last argument.
-        response = session.start(partial(state.runner.run, agent,
-                                         thread_key(tenant_id, thread_id), text))
+        response = session.start(partial(state.runner.run, agent, key, text,
+                                         policy=busy_policy))
     except BaseException:
         admission.release()
         raise
