@@ -76,6 +76,16 @@ class UpstreamError(AppError):
     code = "upstream_error"
 
 
+class UpstreamUnavailable(AppError):
+    status_code = 503
+    code = "upstream_unavailable"
+
+
+class UpstreamRateLimited(AppError):
+    status_code = 429
+    code = "upstream_rate_limited"
+
+
 class UpstreamTimeout(AppError):
     status_code = 504
     code = "upstream_timeout"

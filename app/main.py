@@ -69,7 +69,7 @@ async def build_state(settings: Settings, stack: AsyncExitStack, metrics: Metric
         stack.callback(tracer.stop)
     governor = MemoryGovernor(settings, meter or MemoryMeter(settings.memory_limit_mb),
                               metrics=metrics, workers=int(os.environ.get(WORKERS_ENV) or 1))
-    models = ModelPool(settings)
+    models = ModelPool(settings, metrics)
     stack.push_async_callback(models.aclose)
     backend = await stack.enter_async_context(
         open_backend(settings, metrics, memory_limit_bytes=governor.limit.bytes))

@@ -147,6 +147,21 @@ class Settings(BaseSettings):
         "arguments); a longer one fails the turn with 502 upstream_error. Each turn in flight "
         "reserves 16x it in memory (see Memory governance).",
     )
+    llm_breaker_failures: int = Field(
+        5, ge=1, description="The upstream's circuit opens after this many consecutive "
+        "failed calls (connection errors, timeouts, 5xx).",
+    )
+    llm_breaker_failure_rate: float = Field(
+        0.5, gt=0, le=1, description="...or when this share of its last 20 calls failed.",
+    )
+    llm_breaker_open_s: float = Field(
+        30.0, gt=0, description="An open circuit answers 503 upstream_unavailable at once "
+        "for this long, then lets one probe call through.",
+    )
+    llm_retry_budget: float = Field(
+        0.2, ge=0, le=1, description="Retries of failed LLM calls are at most this share of "
+        "the calls (plus 10), so retries cannot multiply the load on a failing upstream.",
+    )
     llm_max_connections: int = Field(
         200, ge=1, description="Connection pool size per LLM base URL."
     )

@@ -15,9 +15,11 @@ import httpx
 from cachetools import LRUCache
 from langchain_core.language_models import BaseChatModel
 
+from app.llm.breaker import CircuitBreaker, RetryBudget
 from app.llm.chat_model import PooledChatOpenAI
 from app.llm.offline import OfflineChatModel
 from app.llm.upstream import ChatCompletions, tls_context
+from app.observability.metrics import Metrics
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -28,7 +30,7 @@ MAX_MODELS = 256
 
 
 class ModelPool:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self._settings = settings
         self._offline: OfflineChatModel | None = None
         self._http: httpx.AsyncClient | None = None
@@ -49,6 +51,11 @@ class ModelPool:
                 read_timeout_s=settings.llm_timeout_s,
                 max_retries=settings.llm_max_retries,
                 max_reply_chars=settings.llm_max_reply_kb * 1024,
+                breaker=CircuitBreaker(
+                    self.base_url, failures=settings.llm_breaker_failures,
+                    rate=settings.llm_breaker_failure_rate,
+                    open_s=settings.llm_breaker_open_s, metrics=metrics),
+                budget=RetryBudget(settings.llm_retry_budget),
                 headers={"OpenAI-Organization": organization} if organization else None,
                 cafile=cafile, capath=capath,
             )
@@ -92,6 +99,15 @@ class ModelPool:
             )
             self._models[model] = cached
         return cached
+
+    @property
+    def circuit(self) -> dict[str, object] | None:
+        """The upstream's circuit breaker state, when there is an upstream."""
+        if self._upstream is None or self._upstream.breaker is None:
+            return None
+        return {**self._upstream.breaker.report(),
+                "retries_spent": self._upstream.budget.spent,
+                "retries_refused": self._upstream.budget.refused}
 
     async def check_upstream(self) -> str | None:
         """None when the upstream answers; otherwise why not."""

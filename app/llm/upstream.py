@@ -34,6 +34,7 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from app.clean_context import in_fresh_context
+from app.llm.breaker import CircuitBreaker, RetryBudget, is_failure
 
 logger = logging.getLogger(__name__)
 
@@ -73,12 +74,15 @@ class ChatCompletions:
                  connect_timeout_s: float, read_timeout_s: float, max_retries: int,
                  max_reply_chars: int = 256 * 1024,
                  headers: Mapping[str, str] | None = None, cafile: str | None = None,
-                 capath: str | None = None) -> None:
+                 capath: str | None = None, breaker: CircuitBreaker | None = None,
+                 budget: RetryBudget | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self._max_retries = max_retries
         self.max_reply_chars = max_reply_chars
         self._max_body = max_reply_chars + BODY_ENVELOPE
+        self.breaker = breaker
+        self.budget = budget or RetryBudget()
         self._headers = {
             "Authorization": f"Bearer {api_key}",
             "Content-Type": "application/json",
@@ -122,8 +126,31 @@ class ChatCompletions:
             await self._session.close()
             self._session = None
 
+    def _admit(self) -> bool:
+        """Through the breaker (``CircuitOpen`` when open); True for the half-open probe."""
+        self.budget.on_call()
+        return self.breaker.before_call() if self.breaker is not None else False
+
+    def _settle(self, error: BaseException | None, probe: bool) -> None:
+        if self.breaker is None:
+            return
+        if error is None or isinstance(error, openai.APIError):
+            self.breaker.record(error is not None and is_failure(error), probe)
+        elif probe:  # cancelled: no verdict on the upstream, let another call probe
+            self.breaker.abandon_probe()
+
     async def create(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """One non-streamed completion, as the decoded JSON body."""
+        probe = self._admit()
+        try:
+            data = await self._create(payload)
+        except BaseException as exc:
+            self._settle(exc, probe)
+            raise
+        self._settle(None, probe)
+        return data
+
+    async def _create(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         body = orjson.dumps(payload)
         attempt = 0
         while True:
@@ -165,6 +192,18 @@ class ChatCompletions:
     async def stream(self, payload: Mapping[str, Any]) -> AsyncIterator[
             AsyncIterator[dict[str, Any]]]:
         """A streamed completion: yields its chunks, decoded, as the upstream sends them."""
+        probe = self._admit()
+        try:
+            async with self._stream(payload) as chunks:
+                yield chunks
+        except BaseException as exc:
+            self._settle(exc, probe)
+            raise
+        self._settle(None, probe)
+
+    @asynccontextmanager
+    async def _stream(self, payload: Mapping[str, Any]) -> AsyncIterator[
+            AsyncIterator[dict[str, Any]]]:
         body = orjson.dumps(payload)
         attempt = 0
         while True:
@@ -288,9 +327,15 @@ class ChatCompletions:
         """Sleep before the next attempt and return its number, or raise ``error``."""
         if attempt >= self._max_retries or not _retryable(error):
             raise error
+        if self.breaker is not None and self.breaker.state.value:  # half-open probe
+            raise error
+        if not self.budget.take():
+            logger.info("LLM call failed (%s); not retried: the retry budget is spent",
+                        _describe(error))
+            raise error
         delay = min(INITIAL_RETRY_S * 2 ** attempt, MAX_RETRY_S) * (1 - 0.25 * random.random())
         if isinstance(error, openai.APIStatusError):
-            after = _retry_after(error.response.headers)
+            after = retry_after_seconds(error.response.headers)
             if after is not None:
                 delay = after
         logger.info("LLM call failed (%s); retry %d of %d in %.2fs", _describe(error),
@@ -336,7 +381,7 @@ def _retryable(error: openai.APIError) -> bool:
     return isinstance(error, openai.APIConnectionError)  # includes APITimeoutError
 
 
-def _retry_after(headers: httpx2.Headers) -> float | None:
+def retry_after_seconds(headers: httpx2.Headers) -> float | None:
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         value = headers.get(name)
         if value is None:

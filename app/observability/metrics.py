@@ -95,6 +95,14 @@ class Metrics:
             "Requests refused with 503 memory_pressure, by route and level (or 'reserve': "
             "the turns in flight held the memory left).",
             ["route", "level"], registry=r)
+        self.llm_breaker_state = Gauge(
+            "agenthost_llm_circuit_state",
+            "The upstream's circuit: 0 closed, 1 half-open, 2 open (highest of the live "
+            "workers).", ["upstream"], registry=r, multiprocess_mode="livemax")
+        self.llm_breaker_transitions = Counter(
+            "agenthost_llm_circuit_transitions_total",
+            "Circuit state changes per upstream, by the state entered.",
+            ["upstream", "to"], registry=r)
         self.turns_in_flight = Gauge(
             "agenthost_turns_in_flight",
             "Turns admitted and not yet ended (JSON and streamed), all live workers.",

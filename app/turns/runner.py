@@ -73,7 +73,7 @@ class TurnRunner:
         self._timeout_s = settings.turn_timeout_s
         self._wait_s = settings.thread_wait_s
         self._policy = settings.thread_busy_policy
-        self._retry_after = str(max(1, round(min(settings.thread_wait_s, 5))))
+        self._busy_retry_after = str(max(1, round(min(settings.thread_wait_s, 5))))
         self._recursion_limit = 2 * settings.max_tool_rounds + 1
         self._locks: WeakValueDictionary[str, asyncio.Lock] = WeakValueDictionary()
 
@@ -100,7 +100,7 @@ class TurnRunner:
         busy = ThreadBusy(
             "another turn is running on this thread" + (
                 f" and did not end within {wait_s:g}s" if wait_s else ""),
-            headers={"Retry-After": self._retry_after})
+            headers={"Retry-After": self._busy_retry_after})
         if wait_s <= 0:
             if lock.locked():
                 raise busy

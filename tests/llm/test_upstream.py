@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from app.llm.pool import ModelPool
-from app.llm.upstream import ChatCompletions, ReplyTooLarge, _retry_after, _retryable
+from app.llm.upstream import ChatCompletions, ReplyTooLarge, _retryable, retry_after_seconds
 from tests.conftest import MockLLM, SettingsFactory, pool_for
 from tests.servers.processes import free_port, start_mock_openai
 
@@ -153,10 +153,10 @@ def test_retry_decisions_follow_the_sdk() -> None:
     request = httpx2.Request("POST", "http://x")
     assert _retryable(openai.APITimeoutError(request=request))
     assert _retryable(openai.APIConnectionError(request=request))
-    assert _retry_after(httpx2.Headers({"retry-after-ms": "250"})) == 0.25
-    assert _retry_after(httpx2.Headers({"retry-after": "3"})) == 3.0
-    assert _retry_after(httpx2.Headers({"retry-after": "600"})) is None  # too long: backoff
-    assert _retry_after(httpx2.Headers({"retry-after": "soon"})) is None
+    assert retry_after_seconds(httpx2.Headers({"retry-after-ms": "250"})) == 0.25
+    assert retry_after_seconds(httpx2.Headers({"retry-after": "3"})) == 3.0
+    assert retry_after_seconds(httpx2.Headers({"retry-after": "600"})) is None  # too long: backoff
+    assert retry_after_seconds(httpx2.Headers({"retry-after": "soon"})) is None
 
 
 def test_the_environment_proxy_is_looked_up_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -56,7 +56,7 @@ async def test_a_busy_thread_is_refused_at_once_or_after_the_wait(client: Redis)
                 pass
         assert at_once.value.status_code == 409 and at_once.value.code == "thread_busy"
         assert at_once.value.headers == {"Retry-After": "2"}
-        with pytest.raises(ThreadBusy, match="did not end within 0.3s"):
+        with pytest.raises(ThreadBusy, match=r"did not end within 0\.3s"):
             async with ThreadLease(client, NAME, lease_s=5, wait_s=0.3):
                 pass
     async with ThreadLease(client, NAME, lease_s=5, wait_s=0):

@@ -23,7 +23,7 @@ def checked_message(state: StateDep, body: MessageIn) -> str:
     return body.message
 
 
-@router.post("/messages", responses={**BODY, **errors(409, 502, 504)})
+@router.post("/messages", responses={**BODY, **errors(409, 429, 502, 504)})
 async def post_message(
     state: StateDep, config: TenantDep, tenant_id: TenantId, thread_id: ThreadId,
     body: MessageIn, busy_policy: BusyPolicy = None,

@@ -40,7 +40,8 @@ async def ready(
         body.update(checks={"storage": storage or "ok", "upstream": upstream or "ok"},
                     storage=state.backend.description,
                     model=state.agent_factory.models.description,
-                    tenants=len(state.tenants), embedded_defaults=state.defaults)
+                    tenants=len(state.tenants), embedded_defaults=state.defaults,
+                    circuit=state.agent_factory.models.circuit)
     else:
         body["checks"] = {"storage": "ok" if storage is None else "failing",
                           "upstream": "ok" if upstream is None else "failing"}
