@@ -85,3 +85,33 @@ def test_double_texting_across_two_workers_follows_the_policy(
     finally:
         app.stop()
         redis.stop()
+
+
+def test_a_redis_restart_costs_no_turn_once_it_is_back(mock_llm: MockLLM) -> None:
+    """Redis restarts (empty) under a service whose pool holds many connections: once it
+    answers again, a burst of 80 turns is served in full. (It used to get 15-23 x 503
+    from connections that died with the old Redis, and from the lost search indexes.)"""
+    redis = start_redis()
+    port = redis.port
+    app = start_app({"REDIS_URL": f"redis://127.0.0.1:{port}/0",
+                     "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": mock_llm.base_url,
+                     "AGENTHOST_LLM_MAX_RETRIES": "0"})
+    base = f"http://127.0.0.1:{app.port}/v1/tenants/demo/threads"
+    try:
+        warm = asyncio.run(burst(base, "warm", 40))  # the pool opens ~40 connections
+        assert Counter(warm) == {200: 40}
+        redis.stop()
+        redis = start_redis(port)
+        after = asyncio.run(burst(base, "after", 80))
+        assert Counter(after) == {200: 80}
+    finally:
+        app.stop()
+        redis.stop()
+
+
+async def burst(base: str, name: str, count: int) -> list[int]:
+    async with httpx.AsyncClient(timeout=60) as client:
+        responses = await asyncio.gather(*(
+            client.post(f"{base}/{name}-{i}/messages", json={"message": "hi"})
+            for i in range(count)))
+    return [r.status_code for r in responses]

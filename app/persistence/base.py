@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 
 THREAD_KEY_SEPARATOR = "/"
 UNDO_TIMEOUT_S = 5.0
+UNDO_ATTEMPTS = 2
+UNDO_RETRY_S = 0.2
+#: noted on a failed turn's exception when undoing it failed too
+NOT_UNDONE = "agenthost: the failed turn could not be undone"
 
 
 class TurnGraph(Protocol):
@@ -116,8 +120,10 @@ class Backend:
         """
         try:
             yield
-        except BaseException:
-            await self._undo(graph, key, human_id)
+        except BaseException as exc:
+            if not await self._undo(graph, key, human_id):
+                # the error the client gets says so (runner.py): it may hold the message
+                exc.add_note(NOT_UNDONE)
             raise
         await self._commit(key)
 
@@ -132,27 +138,37 @@ class Backend:
             await self.recover()
         self.metrics.persist_seconds.observe(time.perf_counter() - started)
 
-    async def _undo(self, graph: TurnGraph, key: str, human_id: str) -> None:
-        """Undo a failed turn: LangGraph saves what it had on exit, even on error.
+    async def _undo(self, graph: TurnGraph, key: str, human_id: str) -> bool:
+        """Undo a failed turn: LangGraph saves what it had on exit, even on error. True
+        when the thread is as it was before the turn.
 
-        Bounded and best-effort: when storage itself failed, there is nothing to undo.
+        Bounded; tried twice (a storage hiccup right after a Redis restart is often gone
+        a moment later). False when it could not be done: the caller says so.
         """
+        for attempt in range(UNDO_ATTEMPTS):
+            try:
+                async with asyncio.timeout(UNDO_TIMEOUT_S):
+                    await self._undo_once(graph, key, human_id)
+                return True
+            except Exception as exc:  # the turn's own error is what the client must see
+                logger.warning("could not undo the failed turn on %s (attempt %d): %r",
+                               key, attempt + 1, exc)
+                await asyncio.sleep(UNDO_RETRY_S)
+        return False
+
+    async def _undo_once(self, graph: TurnGraph, key: str, human_id: str) -> None:
         config = thread_config(key)
-        try:
-            async with asyncio.timeout(UNDO_TIMEOUT_S):
-                snapshot = await graph.aget_state(config)
-                messages = snapshot.values.get("messages", [])
-                start = next((i for i, m in enumerate(messages) if m.id == human_id), None)
-                if start is None:
-                    return
-                if start == 0:
-                    await self.checkpointer.adelete_thread(key)
-                    return
-                removals = [RemoveMessage(id=m.id) for m in messages[start:] if m.id]
-                await graph.aupdate_state(config, {"messages": removals}, as_node="agent")
-                await self.after_turn(key)
-        except Exception as exc:  # the turn's own error is what the client must see
-            logger.warning("could not undo the failed turn on %s: %r", key, exc)
+        snapshot = await graph.aget_state(config)
+        messages = snapshot.values.get("messages", [])
+        start = next((i for i, m in enumerate(messages) if m.id == human_id), None)
+        if start is None:
+            return
+        if start == 0:
+            await self.checkpointer.adelete_thread(key)
+            return
+        removals = [RemoveMessage(id=m.id) for m in messages[start:] if m.id]
+        await graph.aupdate_state(config, {"messages": removals}, as_node="agent")
+        await self.after_turn(key)
 
     def tenant_store(self, registry: TenantRegistry, known_tools: Iterable[str],
                      settings: Settings) -> TenantStore:

@@ -22,13 +22,15 @@ from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redisvl.exceptions import RedisVLError
 
 from app.clean_context import in_fresh_context
-from app.errors import ConfigError
+from app.errors import ConfigError, StorageUnavailable
 from app.observability.metrics import Metrics
 from app.persistence.base import Backend
 from app.persistence.locks import ThreadLease
@@ -180,7 +182,13 @@ class RedisBackend(Backend):
             timeout=settings.redis_timeout_s,
             socket_timeout=settings.redis_timeout_s,
             socket_connect_timeout=settings.redis_timeout_s,
-            health_check_interval=30,
+            # A pooled connection that died with a restarted Redis fails its next command
+            # with a ConnectionError: that command is sent once more on a fresh
+            # connection. Timeouts are not retried (a stall would only last twice as
+            # long), nor is anything else. A connection idle for 5 s is pinged first.
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
+            health_check_interval=5,
         )
         pool.connection_class = fresh_context_connections(pool.connection_class)
         client = OrjsonRedis(connection_pool=pool)
@@ -263,6 +271,13 @@ class RedisBackend(Backend):
             logger.error("%s", exc)
         except (RedisError, RedisVLError, OSError, TimeoutError) as exc:
             logger.info("%s still unusable: %r", self.description, exc)
+
+    async def unavailable(self, exc: BaseException, during: str) -> StorageUnavailable:
+        if isinstance(exc, RedisConnectionError | OSError):
+            # The other idle connections most likely died the same way: drop them all
+            # now rather than let each fail one more request.
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+        return await super().unavailable(exc, during)
 
     async def check(self) -> str | None:
         try:

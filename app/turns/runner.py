@@ -37,7 +37,7 @@ from app.errors import (
 )
 from app.llm.errors import UPSTREAM_ERRORS, upstream_error
 from app.observability.metrics import Metrics
-from app.persistence.base import Backend, thread_config
+from app.persistence.base import NOT_UNDONE, Backend, thread_config
 from app.turns.events import OnEvent, Replied, Token, tool_events
 from config.settings import Settings
 
@@ -62,6 +62,15 @@ def sum_usage(messages: list[BaseMessage]) -> dict[str, int]:
             for name in totals:
                 totals[name] += int(usage.get(name, 0))
     return totals
+
+
+def _say_if_not_undone(cause: BaseException, error: AppError) -> AppError:
+    """A failed turn that could not be undone says so: the thread may hold its message."""
+    if NOT_UNDONE in getattr(cause, "__notes__", ()):
+        error.message += ("; the turn could not be undone: the thread may hold your message, "
+                          "read its history before retrying")
+        error.headers = {**(error.headers or {}), "X-Turn-Undone": "false"}
+    return error
 
 
 class TurnRunner:
@@ -132,19 +141,23 @@ class TurnRunner:
                     yield
         except AppError as exc:
             outcome = exc.code
+            _say_if_not_undone(exc, exc)
             raise
         except TimeoutError as exc:
             outcome = TurnTimeout.code
-            raise TurnTimeout(f"the turn took longer than {self._timeout_s:g}s") from exc
+            raise _say_if_not_undone(
+                exc, TurnTimeout(f"the turn took longer than {self._timeout_s:g}s")) from exc
         except GraphRecursionError as exc:
             outcome = UpstreamError.code
-            raise UpstreamError("the agent kept calling tools past its round limit") from exc
+            raise _say_if_not_undone(exc, UpstreamError(
+                "the agent kept calling tools past its round limit")) from exc
         except UPSTREAM_ERRORS as exc:
-            error = upstream_error(exc)
+            error = _say_if_not_undone(exc, upstream_error(exc))
             outcome = error.code
             raise error from exc
         except self._backend.unavailable_errors as exc:
-            error = await self._backend.unavailable(exc, f"a turn of tenant {agent.tenant_id}")
+            error = _say_if_not_undone(exc, await self._backend.unavailable(
+                exc, f"a turn of tenant {agent.tenant_id}"))
             outcome = error.code
             raise error from exc
         finally:

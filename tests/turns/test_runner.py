@@ -23,6 +23,7 @@ from app.persistence.memory import BoundedMemorySaver, MemoryBackend
 from app.turns.events import Replied, Token, ToolCalled, ToolReturned, TurnEvent
 from app.turns.runner import TurnRunner
 from config.settings import Settings
+from tests.conftest import MockLLM, SettingsFactory, app_client
 
 Model = Runnable[LanguageModelInput, BaseMessage]
 
@@ -112,3 +113,28 @@ async def test_a_model_that_returns_no_reply_is_a_502() -> None:
     with pytest.raises(UpstreamError, match="no reply"):
         await runner.run(agent, key, "hello")
     assert await backend.messages(key) is None
+
+
+async def test_a_failed_turn_that_cannot_be_undone_says_so(
+    make_settings: SettingsFactory, mock_llm: MockLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upstream fails, and so does undoing the turn (storage failing to read it back):
+    the client's error says the thread may hold its message, and X-Turn-Undone: false."""
+    settings = make_settings(openai_api_key="sk-test", openai_base_url=mock_llm.base_url,
+                             llm_max_retries=0)
+    async with app_client(settings) as client:
+        runner = client._transport.app.state.agenthost.runner  # type: ignore[attr-defined]
+        url = "/v1/tenants/demo/threads/undo/messages"
+        assert (await client.post(url, json={"message": "first"})).status_code == 200
+
+        async def unreadable(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("storage hiccup")
+
+        monkeypatch.setattr(runner._graph, "aget_state", unreadable)
+        failed = await client.post(url, json={"message": "[[fail:500]]"})
+        assert failed.status_code == 502
+        assert failed.headers["X-Turn-Undone"] == "false"
+        assert "could not be undone" in failed.json()["error"]["message"]
+        monkeypatch.undo()
+        undone = await client.post(url, json={"message": "[[fail:500]] again"})
+        assert undone.status_code == 502 and "X-Turn-Undone" not in undone.headers
