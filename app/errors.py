@@ -86,6 +86,11 @@ class UpstreamRateLimited(AppError):
     code = "upstream_rate_limited"
 
 
+class RateLimited(AppError):
+    status_code = 429
+    code = "rate_limited"
+
+
 class UpstreamTimeout(AppError):
     status_code = 504
     code = "upstream_timeout"

@@ -29,6 +29,7 @@ from app.observability.metrics import Metrics
 from app.persistence.backend import open_backend
 from app.state import AppState, decide_auth
 from app.streaming.hub import StreamHub
+from app.tenants.limits import TenantLimiter
 from app.tenants.registry import TenantRegistry, load_tenants_file
 from app.turns.runner import TurnRunner
 from config.settings import Settings
@@ -108,6 +109,7 @@ async def build_state(settings: Settings, stack: AsyncExitStack, metrics: Metric
         agent_factory=agent_factory,
         agents=agents,
         runner=TurnRunner(agent_factory.graph, backend, settings, metrics),
+        limiter=TenantLimiter(settings, getattr(backend, "client", None)),
         streams=streams,
         janitor=janitor,
         metrics=metrics,

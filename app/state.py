@@ -13,6 +13,7 @@ from app.memory.tracing import AllocationTracer
 from app.observability.metrics import Metrics
 from app.persistence.base import Backend
 from app.streaming.hub import StreamHub
+from app.tenants.limits import TenantLimiter
 from app.tenants.registry import TenantRegistry
 from app.tenants.store import TenantStore
 from app.turns.runner import TurnRunner
@@ -28,6 +29,7 @@ class AppState:
     agent_factory: AgentFactory
     agents: AgentCache
     runner: TurnRunner
+    limiter: TenantLimiter
     streams: StreamHub
     janitor: Janitor
     metrics: Metrics

@@ -322,6 +322,14 @@ class Settings(BaseSettings):
         1000, ge=1, description="Open client connections per worker; beyond it a new one "
         "gets 503 too_many_connections at once. Lowered to the open-file limit minus 256.",
     )
+    tenant_turns_per_minute: int = Field(
+        0, ge=0, description="Turns a tenant may start per minute (moving window, shared "
+        "through Redis), unless its config says otherwise; 0: no limit. Beyond: 429.",
+    )
+    tenant_concurrent_turns: int = Field(
+        0, ge=0, description="Turns a tenant may have running at once across workers and "
+        "replicas, unless its config says otherwise; 0: no limit. Beyond: 429.",
+    )
     thread_busy_policy: Literal["enqueue", "reject"] = Field(
         "enqueue", description="A message on a thread whose previous turn still runs: "
         "enqueue (wait up to thread_wait_s, then 409 thread_busy) or reject (409 at once). "

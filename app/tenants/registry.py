@@ -49,6 +49,10 @@ class TenantConfig(BaseModel):
     mcp_servers: tuple[McpServerConfig, ...] = ()
     history: HistoryConfig = HistoryConfig()
     api_keys_sha256: tuple[str, ...] = ()
+    #: None: the settings' default (AGENTHOST_TENANT_TURNS_PER_MINUTE /
+    #: AGENTHOST_TENANT_CONCURRENT_TURNS); 0: no limit
+    turns_per_minute: int | None = Field(None, ge=0)
+    concurrent_turns: int | None = Field(None, ge=0)
 
     @field_validator("api_keys_sha256")
     @classmethod

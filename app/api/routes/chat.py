@@ -29,10 +29,14 @@ async def post_message(
     body: MessageIn, busy_policy: BusyPolicy = None,
 ) -> TurnOut:
     text = checked_message(state, body)
-    with state.governor.admit("turn"):
-        agent = await state.agents.get(tenant_id, config)
-        result = await state.runner.run(agent, thread_key(tenant_id, thread_id), text,
-                                        policy=busy_policy)
+    slot = await state.limiter.admit(tenant_id, config)
+    try:
+        with state.governor.admit("turn"):
+            agent = await state.agents.get(tenant_id, config)
+            result = await state.runner.run(agent, thread_key(tenant_id, thread_id), text,
+                                            policy=busy_policy)
+    finally:
+        await slot.release()
     return TurnOut(
         tenant_id=tenant_id,
         thread_id=thread_id,

@@ -37,7 +37,12 @@ async def stream_message(
         # the stream runs, and ends it with an error event thread_busy
         raise ThreadBusy("another turn is running on this thread",
                          headers={"Retry-After": "2"})
-    admission = state.governor.admit("stream")
+    slot = await state.limiter.admit(tenant_id, config)
+    try:
+        admission = state.governor.admit("stream")
+    except BaseException:
+        await slot.release()
+        raise
     try:
         agent = await state.agents.get(tenant_id, config)
         settings = state.settings
@@ -48,7 +53,9 @@ async def stream_message(
                                          policy=busy_policy))
     except BaseException:
         admission.release()
+        await slot.release()
         raise
     # Released when the turn's task ends, however it ends (even cancelled before it ran).
     session.on_turn_done(admission.release)
+    session.on_turn_done(slot.release_soon)
     return response
