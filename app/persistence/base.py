@@ -95,6 +95,10 @@ class Backend:
             return None
         return list(saved.checkpoint["channel_values"].get("messages", []))
 
+    async def purge_tenant(self, tenant_id: str) -> int:
+        """Delete every thread of a tenant; the number deleted."""
+        raise NotImplementedError
+
     async def delete(self, key: str) -> None:
         async with self.guard():
             await self.checkpointer.adelete_thread(key)

@@ -31,7 +31,7 @@ from langgraph.checkpoint.base import (
 
 from app.janitor import SweepSpec
 from app.observability.metrics import Metrics
-from app.persistence.base import Backend
+from app.persistence.base import Backend, thread_key
 
 Typed = tuple[str, bytes]
 # Blobs shorter than this are stored as they are: zstd's frame costs more than it saves.
@@ -104,6 +104,9 @@ class BoundedMemorySaver(BaseCheckpointSaver[int]):
         self.squeezed = False  # memory pressure: work to half the byte budget
 
     # --- bookkeeping ---
+
+    def thread_ids(self) -> list[str]:
+        return list(self._threads)
 
     # Not __len__: an empty saver would be falsy, and LangGraph would run without it.
     @property
@@ -361,6 +364,13 @@ class MemoryBackend(Backend):
 
     def sweeps(self) -> list[SweepSpec]:
         return [("memory_threads", self.checkpointer.sweep, None)]
+
+    async def purge_tenant(self, tenant_id: str) -> int:
+        prefix = thread_key(tenant_id, "")
+        doomed = [key for key in self.checkpointer.thread_ids() if key.startswith(prefix)]
+        for key in doomed:
+            self.checkpointer.delete_thread(key)
+        return len(doomed)
 
     def relieve(self, level: int) -> None:
         """From high pressure up, hold at most half the byte budget (least recently used

@@ -32,7 +32,7 @@ from redisvl.exceptions import RedisVLError
 from app.clean_context import in_fresh_context
 from app.errors import ConfigError, StorageUnavailable
 from app.observability.metrics import Metrics
-from app.persistence.base import Backend
+from app.persistence.base import Backend, thread_key
 from app.persistence.locks import ThreadLease
 from app.tenants.registry import TenantRegistry
 from app.tenants.store import RedisTenantStore, TenantStore
@@ -44,6 +44,12 @@ REQUIRED_MODULES = {"ReJSON": "RedisJSON", "search": "RediSearch"}
 RECOVER_INTERVAL_S = 2.0
 MAX_CACHED_CLASSES = 256
 LOCK_PREFIX = "agenthost:turn-lock:"
+PURGE_BATCH = 500
+
+
+def glob_escape(text: str) -> str:
+    """``text`` matched literally in a SCAN MATCH pattern."""
+    return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
 def redact_url(url: str) -> str:
@@ -271,6 +277,30 @@ class RedisBackend(Backend):
             logger.error("%s", exc)
         except (RedisError, RedisVLError, OSError, TimeoutError) as exc:
             logger.info("%s still unusable: %r", self.description, exc)
+
+    async def purge_tenant(self, tenant_id: str) -> int:
+        """Every key of every thread of the tenant, found by SCAN (never KEYS) and removed
+        with UNLINK in batches of ``PURGE_BATCH``, plus its running-turn count."""
+        prefix = glob_escape(thread_key(tenant_id, ""))
+        threads = 0
+        async with self.guard():
+            # thread keys end "<kind>:<tenant>/<thread>:...": the latest pointers first
+            # (one per thread, counted), then every other key of those threads
+            for pattern in (f"checkpoint_latest:{prefix}*", f"*:{prefix}*"):
+                batch: list[bytes] = []
+                async for key in self.client.scan_iter(match=pattern, count=PURGE_BATCH):
+                    batch.append(key)
+                    if len(batch) >= PURGE_BATCH:
+                        threads += await self._unlink(batch, pattern)
+                        batch = []
+                if batch:
+                    threads += await self._unlink(batch, pattern)
+            await self.client.unlink(f"agenthost:tenant-running:{tenant_id}")
+        return threads
+
+    async def _unlink(self, keys: list[bytes], pattern: str) -> int:
+        removed = int(await self.client.unlink(*keys))
+        return removed if pattern.startswith("checkpoint_latest:") else 0
 
     async def unavailable(self, exc: BaseException, during: str) -> StorageUnavailable:
         if isinstance(exc, RedisConnectionError | OSError):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
 
 from app.api.deps import StateDep, TenantId, bearer_token, credentials_reason, refused
 from app.api.responses import BODY, errors
@@ -37,6 +39,7 @@ async def require_admin(
 
 
 AdminDep = Annotated[AppState, Depends(require_admin)]
+logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/admin/tenants", tags=["admin"],
                    responses=errors(401, 403, 404, 422))
@@ -78,8 +81,19 @@ async def put_tenant(
     return _tenant_body(tenant_id, config)
 
 
-@router.delete("/{tenant_id}", status_code=204)
-async def delete_tenant(state: AdminDep, tenant_id: TenantId) -> Response:
+@router.delete("/{tenant_id}", status_code=204, responses={200: {
+    "description": "with purge=true: the tenant and its threads are gone",
+    "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"tenant_id": {"type": "string"},
+                                         "threads_deleted": {"type": "integer"}}}}}}})
+async def delete_tenant(
+    state: AdminDep, tenant_id: TenantId,
+    purge: Annotated[bool, Query(description="also delete every thread of the tenant")] = False,
+) -> Response:
     if not await state.tenant_store.delete(tenant_id):
         raise TenantNotFound(f"no tenant {tenant_id!r}")
-    return Response(status_code=204)
+    if not purge:
+        return Response(status_code=204)
+    deleted = await state.backend.purge_tenant(tenant_id)
+    logger.info("tenant %s deleted with its %d threads", tenant_id, deleted)
+    return JSONResponse({"tenant_id": tenant_id, "threads_deleted": deleted})
