@@ -178,6 +178,11 @@ class Settings(BaseSettings):
         "host:port (as platforms hand out) means redis://host:port/0. Unset: bounded "
         "in-memory persistence.",
     )
+    redis_checkpointer: Literal["auto", "langgraph", "plain"] = Field(
+        "auto", description="langgraph: langgraph-checkpoint-redis (needs RedisJSON and "
+        "RediSearch); plain: core commands only (any Redis, Valkey, managed services); auto: "
+        "langgraph when the modules are there, else plain (decided at start).",
+    )
     redis_max_connections: int = Field(50, ge=1, description="Redis connection pool size.")
     redis_timeout_s: float = Field(
         5.0, gt=0, description="Redis socket timeout, and wait for a free pooled connection."

@@ -119,7 +119,7 @@ async def live_objects() -> dict[str, int]:
 
 
 @pytest.mark.parametrize("route", ["json", "sse"])
-@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("backend", ["memory", "redis", "plain-redis"])
 async def test_finished_threads_leave_nothing_behind(
     backend: str, route: str, request: pytest.FixtureRequest, make_settings: SettingsFactory,
     mock_llm: MockLLM,
@@ -132,8 +132,9 @@ async def test_finished_threads_leave_nothing_behind(
                                     # is ~35 KB of transient buffers, noise here. Its own
                                     # state is bounded (tests/memory/).
                                     "memory_sample_s": 3600}
-    if backend == "redis":
+    if backend in ("redis", "plain-redis"):
         overrides["redis_url"] = request.getfixturevalue("redis_url")
+        overrides["redis_checkpointer"] = "plain" if backend == "plain-redis" else "langgraph"
     else:
         # Fewer threads kept than any round makes: stored state stays at its bound.
         overrides["memory_max_threads"] = MEMORY_MAX_THREADS

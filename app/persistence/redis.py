@@ -34,6 +34,7 @@ from app.errors import ConfigError, StorageUnavailable
 from app.observability.metrics import Metrics
 from app.persistence.base import Backend, thread_key
 from app.persistence.locks import ThreadLease
+from app.persistence.plain import THREAD_PREFIX, PlainRedisSaver
 from app.tenants.registry import TenantRegistry
 from app.tenants.store import RedisTenantStore, TenantStore
 from config.settings import Settings
@@ -60,6 +61,32 @@ def redact_url(url: str) -> str:
     if parts.port:
         netloc += f":{parts.port}"
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def _use_plain(settings: Settings, client: Redis, where: str) -> bool:
+    """Which checkpointer: the setting, or with ``auto`` whether the modules are there.
+
+    ``plain`` never calls MODULE LIST. ``auto`` asks once, at start: without the modules,
+    or where MODULE LIST is refused (managed services), the plain one; when Redis cannot
+    be reached then, langgraph-checkpoint-redis is assumed (readiness says if the modules
+    turn out to be missing).
+    """
+    choice = settings.redis_checkpointer
+    if choice != "auto":
+        return choice == "plain"
+    try:
+        await _require_modules(client, where)
+    except ConfigError as exc:
+        logger.warning("%s; using the plain checkpointer (AGENTHOST_REDIS_CHECKPOINTER=auto)",
+                       exc)
+        return True
+    except (RedisConnectionError, RedisTimeoutError, OSError):
+        return False
+    except RedisError as exc:  # MODULE LIST refused
+        logger.warning("Redis at %s refused MODULE LIST (%s); using the plain checkpointer",
+                       where, exc)
+        return True
+    return False
 
 
 async def _require_modules(client: Redis, where: str) -> None:
@@ -162,12 +189,16 @@ def fresh_context_connections(base: type[AbstractConnection]) -> type[AbstractCo
 class RedisBackend(Backend):
     unavailable_errors = (RedisError, RedisVLError, OSError)
 
-    def __init__(self, saver: AsyncRedisSaver, client: Redis, where: str, ttl_s: int,
-                 timeout_s: float, metrics: Metrics | None = None,
+    def __init__(self, saver: AsyncRedisSaver | PlainRedisSaver, client: Redis, where: str,
+                 ttl_s: int, timeout_s: float, metrics: Metrics | None = None,
                  lease_s: float = 10.0) -> None:
-        super().__init__(saver, f"Redis at {where} (TTL {ttl_s}s)", metrics)
+        #: the module-free checkpointer (app/persistence/plain.py) rather than
+        #: langgraph-checkpoint-redis (RedisJSON + RediSearch)
+        self.plain = isinstance(saver, PlainRedisSaver)
+        kind = "plain checkpointer" if self.plain else "langgraph-checkpoint-redis"
+        super().__init__(saver, f"Redis at {where} (TTL {ttl_s}s, {kind})", metrics)
         self._lease_s = lease_s
-        self.checkpointer: AsyncRedisSaver = saver
+        self.checkpointer: AsyncRedisSaver | PlainRedisSaver = saver
         self.client = client
         self._timeout_s = timeout_s
         self._where = where
@@ -199,20 +230,26 @@ class RedisBackend(Backend):
         pool.connection_class = fresh_context_connections(pool.connection_class)
         client = OrjsonRedis(connection_pool=pool)
         try:
-            saver = AsyncRedisSaver(
-                redis_client=client,
-                ttl={
-                    "default_ttl": settings.history_ttl_s / 60,
-                    "refresh_on_read": settings.history_refresh_on_read,
-                },
-            )
-            saver.serde = CachedClassSerializer()
-            # PRIVATE (tests/test_library_privates.py, tests/persistence/test_redis.py):
-            # the saver caches the key of every checkpoint it touches, up to 1,000,
-            # never evicting.
-            # A thread keeps only its latest checkpoint, so the cache fills with the
-            # keys of deleted ones and then stops helping; building a key is cheap.
-            saver._key_cache_max_size = 0
+            saver: AsyncRedisSaver | PlainRedisSaver
+            if await _use_plain(settings, client, where):
+                saver = PlainRedisSaver(client, ttl_s=settings.history_ttl_s,
+                                        refresh_on_read=settings.history_refresh_on_read)
+                saver.serde = CachedClassSerializer()
+            else:
+                saver = AsyncRedisSaver(
+                    redis_client=client,
+                    ttl={
+                        "default_ttl": settings.history_ttl_s / 60,
+                        "refresh_on_read": settings.history_refresh_on_read,
+                    },
+                )
+                saver.serde = CachedClassSerializer()
+                # PRIVATE (tests/test_library_privates.py, tests/persistence/test_redis.py):
+                # the saver caches the key of every checkpoint it touches, up to 1,000,
+                # never evicting.
+                # A thread keeps only its latest checkpoint, so the cache fills with the
+                # keys of deleted ones and then stops helping; building a key is cheap.
+                saver._key_cache_max_size = 0
             backend = cls(saver, client, where, settings.history_ttl_s,
                           settings.redis_timeout_s, metrics, settings.thread_lease_s)
             try:
@@ -232,8 +269,11 @@ class RedisBackend(Backend):
 
     async def _set_up(self) -> None:
         """Check the modules and create the search indexes (idempotent)."""
-        await _require_modules(self.client, self._where)
-        await self.checkpointer.asetup()
+        if isinstance(self.checkpointer, PlainRedisSaver):
+            await self.client.ping()  # nothing to set up: reachable is enough
+        else:
+            await _require_modules(self.client, self._where)
+            await self.checkpointer.asetup()
         self._needs_setup = False
 
     def thread_lock(self, key: str, wait_s: float) -> AbstractAsyncContextManager[Any]:
@@ -243,7 +283,8 @@ class RedisBackend(Backend):
                            wait_s=wait_s)
 
     async def after_turn(self, key: str) -> None:
-        await self.checkpointer.aprune([key], keep_last=1)
+        if isinstance(self.checkpointer, AsyncRedisSaver):  # the plain one keeps one only
+            await self.checkpointer.aprune([key], keep_last=1)
 
     def tenant_store(self, registry: TenantRegistry, known_tools: Iterable[str],
                      settings: Settings) -> TenantStore:
@@ -266,6 +307,8 @@ class RedisBackend(Backend):
                     await self._set_up()
                     logger.warning("%s is reachable again; set up", self.description)
                     return
+                if isinstance(self.checkpointer, PlainRedisSaver):
+                    return  # no indexes to lose
                 indexes = await self.client.execute_command("FT._LIST")  # type: ignore[no-untyped-call]
                 names = {i.decode() if isinstance(i, bytes) else str(i) for i in indexes}
                 if not {"checkpoint", "checkpoint_write"} <= names:
@@ -286,7 +329,9 @@ class RedisBackend(Backend):
         async with self.guard():
             # thread keys end "<kind>:<tenant>/<thread>:...": the latest pointers first
             # (one per thread, counted), then every other key of those threads
-            for pattern in (f"checkpoint_latest:{prefix}*", f"*:{prefix}*"):
+            patterns = ((f"{THREAD_PREFIX}{{{prefix}*",) if self.plain
+                        else (f"checkpoint_latest:{prefix}*", f"*:{prefix}*"))
+            for pattern in patterns:
                 batch: list[bytes] = []
                 async for key in self.client.scan_iter(match=pattern, count=PURGE_BATCH):
                     batch.append(key)
@@ -300,7 +345,8 @@ class RedisBackend(Backend):
 
     async def _unlink(self, keys: list[bytes], pattern: str) -> int:
         removed = int(await self.client.unlink(*keys))
-        return removed if pattern.startswith("checkpoint_latest:") else 0
+        counted = pattern.startswith(("checkpoint_latest:", THREAD_PREFIX))
+        return removed if counted else 0
 
     async def unavailable(self, exc: BaseException, during: str) -> StorageUnavailable:
         if isinstance(exc, RedisConnectionError | OSError):

@@ -90,14 +90,15 @@ def redis_binaries() -> tuple[Path, list[Path]]:
     return server, [lib / "rejson.so", lib / "redisearch.so"]
 
 
-def start_redis(port: int | None = None) -> ManagedProcess:
-    """Redis 8.2 with RedisJSON and RediSearch loaded, no persistence, in a temp dir."""
+def start_redis(port: int | None = None, *, modules: bool = True) -> ManagedProcess:
+    """Redis 8.2 with RedisJSON and RediSearch loaded (``modules=False``: a plain Redis, as
+    Valkey and managed services are), no persistence, in a temp dir."""
     port = port or free_port()
-    server, modules = redis_binaries()
+    server, module_files = redis_binaries()
     workdir = tempfile.mkdtemp(prefix="agenthost-redis-")
     args = [str(server), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", workdir]
-    for module in modules:
+    for module in module_files if modules else ():
         args += ["--loadmodule", str(module)]
     return ManagedProcess(args, port, log_name="redis")
 

@@ -1,0 +1,201 @@
+"""``PlainRedisSaver``: LangGraph checkpoints on any Redis, core commands only.
+
+The service keeps only each thread's latest checkpoint, so a thread is one hash,
+``agenthost:thread:{<thread_id>}`` (the braces are a Redis Cluster hash tag), with
+``ckpt:<ns>`` (the checkpoint, its metadata, its id and its parent's, packed) and
+``writes:<ns>`` (the pending writes of that checkpoint, packed). Reading a thread is one
+round trip (HMGET, and PEXPIRE when reads refresh the TTL, pipelined); saving one is one
+(HSET, HDEL of the superseded writes, PEXPIRE). Values are serialized with LangGraph's own
+serde. No RedisJSON, no RediSearch, no MODULE LIST: plain Redis, Valkey and managed
+Redis services serve it. A thread written by this saver is not read by
+langgraph-checkpoint-redis, nor the other way round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import ormsgpack
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.base import (
+    WRITES_IDX_MAP,
+    BaseCheckpointSaver,
+    ChannelVersions,
+    Checkpoint,
+    CheckpointMetadata,
+    CheckpointTuple,
+    get_checkpoint_id,
+    get_checkpoint_metadata,
+)
+from redis.asyncio import Redis
+
+THREAD_PREFIX = "agenthost:thread:"
+
+
+def thread_hash(thread_id: str) -> str:
+    return f"{THREAD_PREFIX}{{{thread_id}}}"
+
+
+class PlainRedisSaver(BaseCheckpointSaver[str]):
+    def __init__(self, client: Redis, *, ttl_s: int, refresh_on_read: bool = True) -> None:
+        super().__init__()
+        self.client = client
+        self.ttl_ms = ttl_s * 1000
+        self.refresh_on_read = refresh_on_read
+
+    def _pack(self, value: Any) -> list[Any]:
+        kind, data = self.serde.dumps_typed(value)
+        return [kind, data]
+
+    def _unpack(self, packed: list[Any]) -> Any:
+        return self.serde.loads_typed((packed[0], packed[1]))
+
+    # --- the async API the service uses ---
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        thread_id: str = config["configurable"]["thread_id"]
+        ns: str = config["configurable"].get("checkpoint_ns", "")
+        key = thread_hash(thread_id)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hmget(key, [f"ckpt:{ns}", f"writes:{ns}"])
+            if self.refresh_on_read:
+                pipe.pexpire(key, self.ttl_ms)
+            replies = await pipe.execute()
+        saved, writes = replies[0]
+        if saved is None:
+            return None
+        checkpoint_id, parent_id, checkpoint, metadata = ormsgpack.unpackb(saved)
+        wanted = get_checkpoint_id(config)
+        if wanted and wanted != checkpoint_id:
+            return None
+        pending: list[tuple[str, str, Any]] = []
+        if writes is not None:
+            stored = ormsgpack.unpackb(writes)
+            if stored[0] == checkpoint_id:
+                ordered = sorted(stored[1], key=lambda w: (w[4], w[0], w[5]))
+                pending = [(w[0], w[1], self._unpack(w[2:4])) for w in ordered]
+        return CheckpointTuple(
+            config={"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
+                                     "checkpoint_id": checkpoint_id}},
+            checkpoint=self._unpack(checkpoint),
+            metadata=self._unpack(metadata),
+            parent_config=({"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
+                                             "checkpoint_id": parent_id}}
+                           if parent_id else None),
+            pending_writes=pending,
+        )
+
+    async def alist(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[CheckpointTuple]:
+        """The latest checkpoint of the thread (or of every thread, found by SCAN)."""
+        if config is not None:
+            thread_ids = [config["configurable"]["thread_id"]]
+        else:
+            thread_ids = []
+            async for key in self.client.scan_iter(match=f"{THREAD_PREFIX}*", count=500):
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                thread_ids.append(name[len(THREAD_PREFIX) + 1:-1])
+        ns = config["configurable"].get("checkpoint_ns", "") if config else ""
+        count = 0
+        for thread_id in thread_ids:
+            found = await self.aget_tuple({"configurable": {"thread_id": thread_id,
+                                                            "checkpoint_ns": ns}})
+            if found is None:
+                continue
+            if before and found.checkpoint["id"] >= (get_checkpoint_id(before) or ""):
+                continue
+            if filter and any(found.metadata.get(k) != v for k, v in filter.items()):
+                continue
+            if limit is not None and count >= limit:
+                return
+            count += 1
+            yield found
+
+    async def aput(
+        self,
+        config: RunnableConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> RunnableConfig:
+        thread_id: str = config["configurable"]["thread_id"]
+        ns: str = config["configurable"].get("checkpoint_ns", "")
+        packed = ormsgpack.packb([
+            checkpoint["id"], config["configurable"].get("checkpoint_id"),
+            self._pack(checkpoint), self._pack(get_checkpoint_metadata(config, metadata)),
+        ])
+        key = thread_hash(thread_id)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, f"ckpt:{ns}", packed)
+            pipe.hdel(key, f"writes:{ns}")  # they belonged to the checkpoint it replaces
+            pipe.pexpire(key, self.ttl_ms)
+            await pipe.execute()
+        return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
+                                 "checkpoint_id": checkpoint["id"]}}
+
+    async def aput_writes(
+        self,
+        config: RunnableConfig,
+        writes: Sequence[tuple[str, Any]],
+        task_id: str,
+        task_path: str = "",
+    ) -> None:
+        """Pending writes of the thread's checkpoint (a read and a write: a thread's turns
+        are serialized by its lock, so nothing else writes it meanwhile)."""
+        thread_id: str = config["configurable"]["thread_id"]
+        ns: str = config["configurable"].get("checkpoint_ns", "")
+        checkpoint_id: str = config["configurable"]["checkpoint_id"]
+        key = thread_hash(thread_id)
+        current = await self.client.hget(key, f"writes:{ns}")
+        stored: list[Any] = [checkpoint_id, []]
+        if isinstance(current, bytes):
+            previous = ormsgpack.unpackb(current)
+            if previous[0] == checkpoint_id:
+                stored = previous
+        by_key = {(w[0], w[5]): w for w in stored[1]}
+        for idx, (channel, value) in enumerate(writes):
+            slot = WRITES_IDX_MAP.get(channel, idx)
+            if slot >= 0 and (task_id, slot) in by_key:
+                continue
+            by_key[(task_id, slot)] = [task_id, channel, *self._pack(value), task_path, slot]
+        stored[1] = list(by_key.values())
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, f"writes:{ns}", ormsgpack.packb(stored))
+            pipe.pexpire(key, self.ttl_ms)
+            await pipe.execute()
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await self.client.delete(thread_hash(thread_id))
+
+    # --- the sync API: the service runs graphs asynchronously only ---
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        raise NotImplementedError("PlainRedisSaver is async only")
+
+    def list(
+        self,
+        config: RunnableConfig | None,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: RunnableConfig | None = None,
+        limit: int | None = None,
+    ) -> Iterator[CheckpointTuple]:
+        raise NotImplementedError("PlainRedisSaver is async only")
+
+    def put(self, config: RunnableConfig, checkpoint: Checkpoint,
+            metadata: CheckpointMetadata, new_versions: ChannelVersions) -> RunnableConfig:
+        raise NotImplementedError("PlainRedisSaver is async only")
+
+    def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
+                   task_id: str, task_path: str = "") -> None:
+        raise NotImplementedError("PlainRedisSaver is async only")
+
+    def delete_thread(self, thread_id: str) -> None:
+        raise NotImplementedError("PlainRedisSaver is async only")
