@@ -6,7 +6,9 @@ Variants, all with the offline model so that persistence is what is measured:
 - ``memory``: the embedded BoundedMemorySaver, through the service's TurnRunner;
 - ``redis``: RedisBackend (AsyncRedisSaver + stored-history cap + prune), same runner;
 - ``redis-plain``: AsyncRedisSaver used as LangGraph documents it (default durability,
-  every checkpoint kept, no history cap), for comparison.
+  every checkpoint kept, no history cap), for comparison;
+- ``redis-module-free``: RedisBackend with the module-free PlainRedisSaver
+  (``AGENTHOST_REDIS_CHECKPOINTER=plain``), same runner.
 Times are medians over a window of turns around each mark. Without ``--redis-url`` it
 starts its own Redis 8 (the test one) and stops it at the end. Prints figures; asserts
 nothing.
@@ -30,6 +32,7 @@ from app.agents.tools import ToolRegistry, build_builtin_tools
 from app.llm.pool import ModelPool
 from app.persistence.base import Backend, thread_config
 from app.persistence.memory import BoundedMemorySaver, MemoryBackend
+from app.persistence.plain import thread_hash
 from app.persistence.redis import RedisBackend
 from app.tenants.registry import TenantConfig
 from app.turns.runner import TurnRunner
@@ -133,6 +136,13 @@ async def main() -> None:
 
             await measure("redis-plain", args.plain_turns, plain_turn,
                           lambda: thread_bytes(store.client, key))
+        module_free = settings.model_copy(update={"redis_checkpointer": "plain"})
+        async with RedisBackend.open(module_free) as store:
+            async def hash_size(key: str) -> int:
+                return int(await store.client.memory_usage(thread_hash(key)) or 0)
+
+            await run_service_variant("redis-module-free", store, module_free, args.turns,
+                                      hash_size)
     finally:
         if server is not None:
             server.stop()
