@@ -17,7 +17,7 @@ from app.agents.tools import ToolRegistry, build_builtin_tools
 from app.api.middleware.body_limit import BodyLimitMiddleware
 from app.api.middleware.request_id import RequestIdMiddleware
 from app.api.middleware.response_metrics import ResponseMetricsMiddleware
-from app.api.routes import admin, chat, health, memory, stream
+from app.api.routes import admin, chat, health, memory, openai_compat, stream
 from app.errors import ConfigError, install_error_handlers
 from app.janitor import Janitor
 from app.llm.pool import ModelPool
@@ -173,6 +173,7 @@ def create_app(settings: Settings | None = None, *, meter: Meter | None = None) 
     app.include_router(chat.router)
     app.include_router(stream.router)
     app.include_router(admin.router)
+    app.include_router(openai_compat.router)
     app.include_router(health.router)
     app.include_router(memory.router)
     app.include_router(memory.admin_router)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import re
 import sys
 import tracemalloc
@@ -66,6 +67,30 @@ async def sse_turn(client: httpx.AsyncClient, thread: str, text: str) -> str:
     return content
 
 
+async def openai_turn(client: httpx.AsyncClient, thread: str, text: str) -> str:
+    response = await client.post("/v1/chat/completions", headers={"X-Thread-Id": thread},
+                                 json={"model": "demo",
+                                       "messages": [{"role": "user", "content": text}]})
+    assert response.status_code == 200, response.text
+    content: str = response.json()["choices"][0]["message"]["content"]
+    return content
+
+
+async def openai_stream_turn(client: httpx.AsyncClient, thread: str, text: str) -> str:
+    parts: list[str] = []
+    async with client.stream("POST", "/v1/chat/completions", headers={"X-Thread-Id": thread},
+                             json={"model": "demo", "stream": True,
+                                   "messages": [{"role": "user", "content": text}]}) as response:
+        assert response.status_code == 200, await response.aread()
+        async for line in response.aiter_lines():
+            if line.startswith("data: {"):
+                for choice in json.loads(line[6:]).get("choices", []):
+                    parts.append(choice["delta"].get("content") or "")
+            elif line == "data: [DONE]":
+                break
+    return "".join(parts)
+
+
 async def conversations(base_url: str, route: str, prefix: str, count: int) -> None:
     """``count`` threads of three turns each (the second calls a tool), then a history read.
 
@@ -78,7 +103,8 @@ async def conversations(base_url: str, route: str, prefix: str, count: int) -> N
 
 async def _conversations(client: httpx.AsyncClient, route: str, prefix: str,
                          count: int) -> None:
-    turn = json_turn if route == "json" else sse_turn
+    turn = {"json": json_turn, "sse": sse_turn, "openai": openai_turn,
+            "openai-sse": openai_stream_turn}[route]
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(i: int) -> None:
@@ -118,8 +144,12 @@ async def live_objects() -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("route", ["json", "sse"])
-@pytest.mark.parametrize("backend", ["memory", "redis", "plain-redis"])
+@pytest.mark.parametrize(("backend", "route"), [
+    *((backend, route) for backend in ("memory", "redis", "plain-redis")
+      for route in ("json", "sse")),
+    # the OpenAI-compatible endpoint (on a thread), whole and streamed
+    ("memory", "openai"), ("memory", "openai-sse"),
+])
 async def test_finished_threads_leave_nothing_behind(
     backend: str, route: str, request: pytest.FixtureRequest, make_settings: SettingsFactory,
     mock_llm: MockLLM,

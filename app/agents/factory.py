@@ -17,7 +17,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 
 from app.agents.cache import BuiltAgent
-from app.agents.graph import AgentGraph, TenantAgent
+from app.agents.graph import AgentGraph, TenantAgent, build_agent_graph
 from app.agents.mcp import McpToolLoader
 from app.agents.tools import ToolRegistry
 from app.llm.pool import ModelPool
@@ -39,6 +39,9 @@ class AgentFactory:
         mcp: McpToolLoader | None = None,
     ) -> None:
         self.graph = graph
+        #: the same graph without a checkpointer: stateless runs (the OpenAI-compatible
+        #: endpoint without a thread) store nothing
+        self.stateless_graph = build_agent_graph(None)
         self.models = models
         self.tools = tools
         self.mcp = mcp or McpToolLoader(settings.mcp_timeout_s)

@@ -123,7 +123,7 @@ async def _tools(state: MessagesState, runtime: Runtime[TurnContext]) -> dict[st
     return {"messages": list(results)}
 
 
-def build_agent_graph(checkpointer: BaseCheckpointSaver[Any]) -> AgentGraph:
+def build_agent_graph(checkpointer: BaseCheckpointSaver[Any] | None) -> AgentGraph:
     graph = StateGraph(MessagesState, context_schema=TurnContext)
     graph.add_node("agent", _agent, destinations=("tools", END))
     graph.add_node("tools", _tools)

@@ -35,6 +35,7 @@ from app.errors import (
     TurnTimeout,
     UpstreamError,
 )
+from app.llm.chat_model import OnToken
 from app.llm.errors import UPSTREAM_ERRORS, upstream_error
 from app.observability.metrics import Metrics
 from app.persistence.base import NOT_UNDONE, Backend, thread_config
@@ -128,17 +129,23 @@ class TurnRunner:
     @asynccontextmanager
     async def _turn(self, agent: TenantAgent, key: str, wait_s: float) -> AsyncIterator[None]:
         """Serialize per thread, bound in time, translate failures, count the outcome."""
+        async with self._outcome(agent) as started, self._thread(key, wait_s):
+            waited = time.perf_counter() - started
+            async with (
+                asyncio.timeout(self._timeout_s),
+                self._backend.thread_lock(key, max(0.0, wait_s - waited)
+                                          if wait_s else 0.0),
+            ):
+                yield
+
+    @asynccontextmanager
+    async def _outcome(self, agent: TenantAgent) -> AsyncIterator[float]:
+        """Translate a turn's failures into ``AppError``s and count its outcome; yields
+        when it started."""
         started = time.perf_counter()
         outcome = "ok"
         try:
-            async with self._thread(key, wait_s):
-                waited = time.perf_counter() - started
-                async with (
-                    asyncio.timeout(self._timeout_s),
-                    self._backend.thread_lock(key, max(0.0, wait_s - waited)
-                                              if wait_s else 0.0),
-                ):
-                    yield
+            yield started
         except AppError as exc:
             outcome = exc.code
             _say_if_not_undone(exc, exc)
@@ -163,6 +170,18 @@ class TurnRunner:
         finally:
             self._metrics.turns.labels(outcome).inc()
             self._metrics.turn_seconds.observe(time.perf_counter() - started)
+
+    async def stateless(self, graph: AgentGraph, agent: TenantAgent,
+                        messages: list[BaseMessage], on_token: OnToken | None,
+                        recursion_limit: int) -> list[BaseMessage]:
+        """A turn on the given conversation, stored nowhere (``graph`` has no
+        checkpointer); every message after the run, the given ones first."""
+        config: RunnableConfig = {"recursion_limit": recursion_limit}
+        state: Any = {"messages": messages}
+        async with self._outcome(agent), asyncio.timeout(self._timeout_s):
+            final = await graph.ainvoke(state, config, context=TurnContext(agent, on_token))
+        result: list[BaseMessage] = final["messages"]
+        return result
 
     def _config(self, key: str) -> RunnableConfig:
         return {**thread_config(key), "recursion_limit": self._recursion_limit}
