@@ -5,6 +5,7 @@ upstream; stateless (nothing stored) and on a thread (stored, as on the chat rou
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import openai
@@ -38,17 +39,21 @@ def service(mock_llm_server: ManagedProcess, tmp_path_factory: pytest.TempPathFa
     proc.stop()
 
 
-def client(base_url: str, key: str = TENANT_KEY) -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
+@contextmanager
+def client(base_url: str, key: str = TENANT_KEY) -> Iterator[openai.OpenAI]:
+    """An SDK client, closed after use (an unclosed one leaves its socket to the GC)."""
+    with openai.OpenAI(base_url=base_url, api_key=key, max_retries=0) as sdk:
+        yield sdk
 
 
 def test_a_stateless_completion_runs_the_tenant_agent_and_stores_nothing(
     service: str, mock_llm: MockLLM
 ) -> None:
-    answer = client(service).chat.completions.create(
-        model="acme", messages=[{"role": "user", "content": "first"},
-                                {"role": "assistant", "content": "ok"},
-                                {"role": "user", "content": "what is 6*7?"}])
+    with client(service) as sdk:
+        answer = sdk.chat.completions.create(
+            model="acme", messages=[{"role": "user", "content": "first"},
+                                    {"role": "assistant", "content": "ok"},
+                                    {"role": "user", "content": "what is 6*7?"}])
     assert answer.object == "chat.completion" and answer.model == "acme"
     assert answer.choices[0].message.content.startswith("mock reply to: what is 6*7?")
     assert answer.choices[0].finish_reason == "stop"
@@ -57,17 +62,19 @@ def test_a_stateless_completion_runs_the_tenant_agent_and_stores_nothing(
     assert sent["roles"][:1] == ["system"] and sent["chars"][0] == len("You are Acme.")
     assert sent["roles"][-3:] == ["user", "assistant", "user"]
     # a tool call, run server-side: the client sees the answer
-    tool = client(service).chat.completions.create(
-        model="acme", messages=[{"role": "user",
-                                 "content": '[[tool:calculator {"expression": "6*7"}]]'}])
+    with client(service) as sdk:
+        tool = sdk.chat.completions.create(
+            model="acme", messages=[{"role": "user",
+                                     "content": '[[tool:calculator {"expression": "6*7"}]]'}])
     assert "42" in (tool.choices[0].message.content or "")
 
 
 def test_streamed_chunks_usage_and_done(service: str) -> None:
-    stream = client(service).chat.completions.create(
-        model="acme", stream=True, stream_options={"include_usage": True},
-        messages=[{"role": "user", "content": "[[tokens:12]]"}])
-    chunks = list(stream)
+    with client(service) as sdk:
+        stream = sdk.chat.completions.create(
+            model="acme", stream=True, stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "[[tokens:12]]"}])
+        chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.split() == [f"tok{i}" for i in range(12)]
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
@@ -92,22 +99,20 @@ async def test_the_async_sdk_on_a_thread_stores_the_conversation(service: str) -
 
 
 def test_errors_are_in_openai_shape(service: str) -> None:
-    with pytest.raises(openai.NotFoundError) as other:
-        client(service).chat.completions.create(
-            model="globex", messages=[{"role": "user", "content": "x"}])
+    with client(service) as sdk, pytest.raises(openai.NotFoundError) as other:
+        sdk.chat.completions.create(model="globex", messages=[{"role": "user", "content": "x"}])
     assert other.value.code == "model_not_found"
-    with pytest.raises(openai.AuthenticationError):
-        client(service, "wrong-key").chat.completions.create(
-            model="acme", messages=[{"role": "user", "content": "x"}])
+    with client(service, "wrong-key") as sdk, pytest.raises(openai.AuthenticationError):
+        sdk.chat.completions.create(model="acme", messages=[{"role": "user", "content": "x"}])
     for extra, param in (({"n": 2}, "n"), ({"logprobs": True}, "logprobs"),
                          ({"tools": [{"type": "function", "function": {"name": "f"}}]},
                           "tools")):
-        with pytest.raises(openai.BadRequestError) as bad:
-            client(service).chat.completions.create(
+        with client(service) as sdk, pytest.raises(openai.BadRequestError) as bad:
+            sdk.chat.completions.create(
                 model="acme", messages=[{"role": "user", "content": "x"}], **extra)
         assert bad.value.param == param and param in str(bad.value)
-    with pytest.raises(openai.APIStatusError) as failed:
-        client(service).chat.completions.create(
+    with client(service) as sdk, pytest.raises(openai.APIStatusError) as failed:
+        sdk.chat.completions.create(
             model="acme", messages=[{"role": "user", "content": "[[fail:500]]"}])
     assert failed.value.status_code == 502
     body = failed.value.body
@@ -115,14 +120,16 @@ def test_errors_are_in_openai_shape(service: str) -> None:
 
 
 def test_models_lists_what_the_key_may_use(service: str) -> None:
-    assert [m.id for m in client(service).models.list()] == ["acme"]
-    assert [m.id for m in client(service, OTHER_TENANT_KEY).models.list()] == ["globex"]
-    assert sorted(m.id for m in client(service, SERVICE_KEY).models.list()) == sorted(
-        TEST_TENANTS)
+    for key, expected in ((TENANT_KEY, ["acme"]), (OTHER_TENANT_KEY, ["globex"]),
+                          (SERVICE_KEY, sorted(TEST_TENANTS))):
+        with client(service, key) as sdk:
+            assert sorted(m.id for m in sdk.models.list()) == expected
 
 
 def test_langchain_chat_openai_works_unchanged(service: str) -> None:
-    model = ChatOpenAI(model="acme", base_url=service, api_key=TENANT_KEY, max_retries=0)
-    assert model.invoke("hi there").content.startswith("mock reply to: hi there")
-    streamed = "".join(str(chunk.content) for chunk in model.stream("[[tokens:5]]"))
+    with httpx.Client() as http:
+        model = ChatOpenAI(model="acme", base_url=service, api_key=TENANT_KEY, max_retries=0,
+                           http_client=http)
+        assert model.invoke("hi there").content.startswith("mock reply to: hi there")
+        streamed = "".join(str(chunk.content) for chunk in model.stream("[[tokens:5]]"))
     assert streamed.split() == [f"tok{i}" for i in range(5)]

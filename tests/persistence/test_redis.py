@@ -124,12 +124,15 @@ async def test_odd_ids_round_trip_and_never_collide(
 
 
 async def test_redis_without_the_modules_is_refused_by_name() -> None:
+    """With the langgraph checkpointer asked for explicitly (``auto`` would take the plain
+    one: tests/persistence/test_plain.py)."""
     server, _ = redis_binaries()
     port = free_port()
     plain = ManagedProcess([str(server), "--port", str(port), "--save", "", "--appendonly",
                             "no"], port, log_name="plain-redis")
     try:
-        settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0")  # type: ignore[arg-type]
+        settings = Settings(redis_url=f"redis://127.0.0.1:{port}/0",  # type: ignore[arg-type]
+                            redis_checkpointer="langgraph")
         with pytest.raises(ConfigError, match="RedisJSON, RediSearch"):
             async with RedisBackend.open(settings):
                 pass
