@@ -9,9 +9,11 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from fastapi import Depends, Header, Path, Request
+from pydantic import SecretStr
 
 from app.errors import TenantNotFound, Unauthorized
 from app.state import AppState
@@ -68,25 +70,34 @@ async def authorized_tenant(
     A tenant key for another tenant gets the same 404 as a tenant that does not exist,
     so keys cannot be used to probe which tenants exist.
     """
-    config = state.tenants.get(tenant_id)
-    if state.auth_enabled:
-        token = bearer_token(authorization)
-        if token is None:
-            raise refused(request, credentials_reason(authorization),
-                          "send 'Authorization: Bearer <key>' with a tenant or service key")
-        is_service = any(
-            hmac.compare_digest(token.encode(), key.get_secret_value().encode())
-            for key in state.settings.service_api_keys
-        )
-        if not is_service:
-            owner = state.tenants.owner_of_key(token)
-            if owner is None:
-                raise refused(request, "unknown key", "unknown key")
-            if owner != tenant_id:
-                config = None
+    scope = key_scope(state, request, authorization)
+    config = state.tenants.get(tenant_id) if scope in (None, tenant_id) else None
     if config is None:
         raise TenantNotFound(f"no tenant {tenant_id!r}")
     return config
+
+
+def matches(token: str, secrets: Iterable[SecretStr | None]) -> bool:
+    """Is ``token`` one of ``secrets`` (compared in constant time)?"""
+    return any(secret is not None and hmac.compare_digest(
+        token.encode(), secret.get_secret_value().encode()) for secret in secrets)
+
+
+def key_scope(state: AppState, request: Request, authorization: str | None) -> str | None:
+    """The tenant the caller's key reaches; None for every tenant (a service key, or auth
+    off). ``Unauthorized`` (audited) without a known key while auth is on."""
+    if not state.auth_enabled:
+        return None
+    token = bearer_token(authorization)
+    if token is None:
+        raise refused(request, credentials_reason(authorization),
+                      "send 'Authorization: Bearer <key>' with a tenant or service key")
+    if matches(token, state.settings.service_api_keys):
+        return None
+    owner = state.tenants.owner_of_key(token)
+    if owner is None:
+        raise refused(request, "unknown key", "unknown key")
+    return owner
 
 
 TenantDep = Annotated[TenantConfig, Depends(authorized_tenant)]
@@ -103,12 +114,9 @@ def may_see_details(state: AppState, authorization: str | None) -> bool:
     if not state.auth_enabled:
         return True
     token = bearer_token(authorization)
-    if token is None:
-        return False
     settings = state.settings
-    allowed = [*settings.service_api_keys, settings.ops_token, settings.admin_token]
-    return any(secret is not None and hmac.compare_digest(
-        token.encode(), secret.get_secret_value().encode()) for secret in allowed)
+    return token is not None and matches(
+        token, [*settings.service_api_keys, settings.ops_token, settings.admin_token])
 
 
 async def operator(

@@ -63,8 +63,10 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-async def _use_plain(settings: Settings, client: Redis, where: str) -> bool:
-    """Which checkpointer: the setting, or with ``auto`` whether the modules are there.
+async def _use_plain(settings: Settings, client: Redis, where: str) -> tuple[bool, bool]:
+    """Which checkpointer (True: the plain one), and whether the modules were found here
+    already (then the set-up does not ask again): the setting, or with ``auto`` whether
+    the modules are there.
 
     ``plain`` never calls MODULE LIST. ``auto`` asks once, at start: without the modules,
     or where MODULE LIST is refused (managed services), the plain one; when Redis cannot
@@ -73,20 +75,20 @@ async def _use_plain(settings: Settings, client: Redis, where: str) -> bool:
     """
     choice = settings.redis_checkpointer
     if choice != "auto":
-        return choice == "plain"
+        return choice == "plain", False
     try:
         await _require_modules(client, where)
     except ConfigError as exc:
         logger.warning("%s; using the plain checkpointer (AGENTHOST_REDIS_CHECKPOINTER=auto)",
                        exc)
-        return True
+        return True, False
     except (RedisConnectionError, RedisTimeoutError, OSError):
-        return False
+        return False, False
     except RedisError as exc:  # MODULE LIST refused
         logger.warning("Redis at %s refused MODULE LIST (%s); using the plain checkpointer",
                        where, exc)
-        return True
-    return False
+        return True, False
+    return False, True
 
 
 async def _require_modules(client: Redis, where: str) -> None:
@@ -198,6 +200,8 @@ class RedisBackend(Backend):
         kind = "plain checkpointer" if self.plain else "langgraph-checkpoint-redis"
         super().__init__(saver, f"Redis at {where} (TTL {ttl_s}s, {kind})", metrics)
         self._lease_s = lease_s
+        #: MODULE LIST already answered with both modules (by ``auto`` at start)
+        self._modules_found = False
         self.checkpointer: AsyncRedisSaver | PlainRedisSaver = saver
         self.client = client
         self._timeout_s = timeout_s
@@ -231,7 +235,8 @@ class RedisBackend(Backend):
         client = OrjsonRedis(connection_pool=pool)
         try:
             saver: AsyncRedisSaver | PlainRedisSaver
-            if await _use_plain(settings, client, where):
+            plain, modules_found = await _use_plain(settings, client, where)
+            if plain:
                 # LangGraph's own serde (msgpack), as the in-memory store: the Redis
                 # library's JSON one costs ~4 ms a turn more on a 40-message thread
                 saver = PlainRedisSaver(client, ttl_s=settings.history_ttl_s,
@@ -253,6 +258,7 @@ class RedisBackend(Backend):
                 saver._key_cache_max_size = 0
             backend = cls(saver, client, where, settings.history_ttl_s,
                           settings.redis_timeout_s, metrics, settings.thread_lease_s)
+            backend._modules_found = modules_found
             try:
                 await backend._set_up()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -273,7 +279,8 @@ class RedisBackend(Backend):
         if isinstance(self.checkpointer, PlainRedisSaver):
             await self.client.ping()  # nothing to set up: reachable is enough
         else:
-            await _require_modules(self.client, self._where)
+            if not self._modules_found:
+                await _require_modules(self.client, self._where)
             await self.checkpointer.asetup()
         self._needs_setup = False
 

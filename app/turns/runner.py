@@ -94,33 +94,37 @@ class TurnRunner:
             self._locks[key] = lock
         return lock
 
-    def busy(self, key: str) -> bool:
-        """A turn on this thread runs in this worker now."""
-        lock = self._locks.get(key)
-        return lock is not None and lock.locked()
-
     def wait_for(self, policy: str | None) -> float:
         """Seconds a turn waits for its thread under ``policy`` (the default when None)."""
         return 0.0 if (policy or self._policy) == "reject" else self._wait_s
+
+    def refuse_if_busy(self, key: str, policy: str | None) -> None:
+        """Under ``reject``, ``ThreadBusy`` now when a turn on the thread runs in this
+        worker (a stream is refused before it starts, not by an error event)."""
+        lock = self._locks.get(key)
+        if self.wait_for(policy) == 0 and lock is not None and lock.locked():
+            raise self._busy(0.0)
+
+    def _busy(self, wait_s: float) -> ThreadBusy:
+        return ThreadBusy(
+            "another turn is running on this thread" + (
+                f" and did not end within {wait_s:g}s" if wait_s else ""),
+            headers={"Retry-After": self._busy_retry_after})
 
     @asynccontextmanager
     async def _thread(self, key: str, wait_s: float) -> AsyncIterator[None]:
         """This worker's lock on the thread, waited for at most ``wait_s`` (0: not at all)."""
         lock = self._lock(key)
-        busy = ThreadBusy(
-            "another turn is running on this thread" + (
-                f" and did not end within {wait_s:g}s" if wait_s else ""),
-            headers={"Retry-After": self._busy_retry_after})
         if wait_s <= 0:
             if lock.locked():
-                raise busy
+                raise self._busy(wait_s)
             await lock.acquire()
         else:
             try:
                 async with asyncio.timeout(wait_s):
                     await lock.acquire()
             except TimeoutError:
-                raise busy from None
+                raise self._busy(wait_s) from None
         try:
             yield
         finally:

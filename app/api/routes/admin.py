@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.api.deps import StateDep, TenantId, bearer_token, credentials_reason, refused
+from app.api.deps import (
+    StateDep,
+    TenantId,
+    bearer_token,
+    credentials_reason,
+    matches,
+    refused,
+)
 from app.api.responses import BODY, errors
 from app.errors import (
     AdminDisabled,
@@ -32,7 +38,7 @@ async def require_admin(
     if token is None:
         raise refused(request, credentials_reason(authorization),
                       "send 'Authorization: Bearer <admin token>'")
-    if not hmac.compare_digest(token.encode(), expected.get_secret_value().encode()):
+    if not matches(token, [expected]):
         raise refused(request, "wrong admin token",
                       "send 'Authorization: Bearer <admin token>'")
     return state

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import re
 import time
 import uuid
@@ -32,8 +31,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from langchain_core.messages import AIMessage, BaseMessage, convert_to_messages
 from pydantic import BaseModel
 
-from app.api.deps import StateDep, bearer_token, refused
+from app.api.deps import StateDep, key_scope
 from app.errors import AppError
+from app.llm.chat_model import OnToken
 from app.persistence.base import thread_key
 from app.state import AppState
 from app.tenants.registry import ID_PATTERN, TenantConfig
@@ -115,20 +115,11 @@ class OpenAIError(Exception):
 
 def _tenants_for(state: AppState, request: Request, authorization: str | None) -> set[str]:
     """The tenants this caller may use (all of them for a service key or with auth off)."""
-    if not state.auth_enabled:
-        return set(state.tenants.ids())
-    token = bearer_token(authorization)
-    if token is None:
-        raise OpenAIError.of(refused(request, "no Authorization header" if not authorization
-                                     else "Authorization is not 'Bearer <token>'",
-                                     "send 'Authorization: Bearer <key>'"))
-    if any(hmac.compare_digest(token.encode(), key.get_secret_value().encode())
-           for key in state.settings.service_api_keys):
-        return set(state.tenants.ids())
-    owner = state.tenants.owner_of_key(token)
-    if owner is None:
-        raise OpenAIError.of(refused(request, "unknown key", "unknown key"))
-    return {owner}
+    try:
+        scope = key_scope(state, request, authorization)
+    except AppError as error:
+        raise OpenAIError.of(error) from error
+    return set(state.tenants.ids()) if scope is None else {scope}
 
 
 def _tenant(state: AppState, request: Request, authorization: str | None,
@@ -284,8 +275,7 @@ async def chat_completions(
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-OnToken = Callable[[str], Awaitable[None]] | None
-Run = Callable[[OnToken], Awaitable[tuple[str, dict[str, int]]]]
+Run = Callable[[OnToken | None], Awaitable[tuple[str, dict[str, int]]]]
 
 
 def _usage(messages: list[BaseMessage]) -> dict[str, int]:
@@ -310,7 +300,7 @@ async def _prepare(state: AppState, tenant_id: str, config: TenantConfig,
         text = _text(last.get("content"))
         key = thread_key(tenant_id, thread)
 
-        async def on_thread(on_token: OnToken) -> tuple[str, dict[str, int]]:
+        async def on_thread(on_token: OnToken | None) -> tuple[str, dict[str, int]]:
             async def on_event(event: TurnEvent) -> None:
                 if on_token is not None and type(event) is Token:
                     await on_token(event.text)
@@ -328,7 +318,7 @@ async def _prepare(state: AppState, tenant_id: str, config: TenantConfig,
     graph = state.agent_factory.stateless_graph
     limit = 2 * state.settings.max_tool_rounds + 1
 
-    async def stateless(on_token: OnToken) -> tuple[str, dict[str, int]]:
+    async def stateless(on_token: OnToken | None) -> tuple[str, dict[str, int]]:
         async with asyncio.timeout(state.settings.turn_timeout_s):
             final = await state.runner.stateless(graph, agent, messages, on_token, limit)
         new = final[len(messages):]

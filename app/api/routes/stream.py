@@ -10,7 +10,6 @@ from app.api.deps import BusyPolicy, StateDep, TenantDep, TenantId, ThreadId
 from app.api.responses import BODY, errors
 from app.api.routes.chat import checked_message
 from app.api.schemas import MessageIn
-from app.errors import ThreadBusy
 from app.persistence.base import thread_key
 from app.streaming.response import StreamResponse
 from app.streaming.session import StreamSession
@@ -32,11 +31,8 @@ async def stream_message(
 ) -> StreamResponse:
     text = checked_message(state, body)
     key = thread_key(tenant_id, thread_id)
-    if state.runner.wait_for(busy_policy) == 0 and state.runner.busy(key):
-        # refused before the stream starts; a turn busy in another worker is found once
-        # the stream runs, and ends it with an error event thread_busy
-        raise ThreadBusy("another turn is running on this thread",
-                         headers={"Retry-After": "2"})
+    # a turn busy in another worker is found once the stream runs: an error event then
+    state.runner.refuse_if_busy(key, busy_policy)
     slot = await state.limiter.admit(tenant_id, config)
     try:
         admission = state.governor.admit("stream")
