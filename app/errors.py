@@ -61,6 +61,16 @@ class ThreadNotFound(AppError):
     code = "thread_not_found"
 
 
+class NothingToRejoin(AppError):
+    status_code = 404
+    code = "nothing_to_rejoin"
+
+
+class ReplayGone(AppError):
+    status_code = 410
+    code = "replay_gone"
+
+
 class PayloadTooLarge(AppError):
     status_code = 413
     code = "payload_too_large"

@@ -27,8 +27,12 @@ from app.memory.tracing import AllocationTracer
 from app.memory.usage import WORKERS_ENV, MemoryMeter
 from app.observability.metrics import Metrics
 from app.persistence.backend import open_backend
+from app.persistence.base import Backend
+from app.persistence.redis import RedisBackend
 from app.state import AppState, decide_auth
 from app.streaming.hub import StreamHub
+from app.streaming.replay import MemoryReplay, Replay
+from app.streaming.replay_redis import RedisReplay
 from app.tenants.limits import TenantLimiter
 from app.tenants.registry import TenantRegistry, load_tenants_file
 from app.turns.runner import TurnRunner
@@ -91,7 +95,10 @@ async def build_state(settings: Settings, stack: AsyncExitStack, metrics: Metric
     stack.push_async_callback(tenant_store.stop)
     for _, config in tenants.items():  # first requests should not pay for client setup
         models.get(config.model or settings.default_model)
-    streams = StreamHub(settings, metrics=metrics)
+    replay = open_replay(settings, backend)
+    stack.push_async_callback(replay.aclose)
+    streams = StreamHub(settings, metrics=metrics, replay=replay)
+    janitor_sweeps = [*streams.sweeps(), *backend.sweeps(), *replay.sweeps()]
     # Registered after the backend: on exit, running turns finish before it closes.
     stack.push_async_callback(streams.aclose, settings.shutdown_grace_s)
     janitor = Janitor(settings.janitor_interval_s, metrics)
@@ -99,7 +106,7 @@ async def build_state(settings: Settings, stack: AsyncExitStack, metrics: Metric
     governor.on_pressure(agents.relieve)
     governor.on_pressure(backend.relieve)
     janitor.add("memory", governor.sample, settings.memory_sample_s)
-    for name, sweep, interval in (*streams.sweeps(), *backend.sweeps()):
+    for name, sweep, interval in janitor_sweeps:
         janitor.add(name, sweep, interval)
     state = AppState(
         settings=settings,
@@ -134,6 +141,21 @@ async def build_state(settings: Settings, stack: AsyncExitStack, metrics: Metric
                            "api_keys_sha256 cannot be reached: %s", ", ".join(keyless))
     state.defaults = _embedded_defaults(state)
     return state
+
+
+def open_replay(settings: Settings, backend: Backend) -> Replay:
+    """Where streamed turns are kept for rejoining: Redis when there is one (any worker
+    or replica can serve a rejoin), else this worker."""
+    if settings.stream_replay_s <= 0:
+        return Replay()
+    if isinstance(backend, RedisBackend):
+        return RedisReplay(
+            backend.client, settings.stream_replay_s, settings.stream_replay_max_events,
+            live_s=settings.turn_timeout_s + settings.shutdown_grace_s,
+            block_s=min(1.0, settings.redis_timeout_s / 2),
+            max_readers=max(1, settings.redis_max_connections // 2))
+    return MemoryReplay(settings.stream_replay_s, settings.stream_replay_max_events,
+                        settings.stream_replay_max_bytes, settings.stream_max_age_s)
 
 
 def create_app(settings: Settings | None = None, *, meter: Meter | None = None) -> FastAPI:

@@ -307,6 +307,19 @@ class Settings(BaseSettings):
     stream_retry_after_s: int = Field(
         2, ge=1, description="Retry-After seconds sent with a 429 for too many streams."
     )
+    stream_replay_s: float = Field(
+        120.0, ge=0, description="A streamed turn's events are kept this long after it ends, "
+        "so a client that lost its connection can rejoin (GET .../stream with Last-Event-ID); "
+        "in a Redis Stream per turn with Redis, else in this worker. 0: no replay.",
+    )
+    stream_replay_max_events: int = Field(
+        4096, ge=16, description="Events kept per streamed turn for rejoin; a rejoin that "
+        "asks for older ones gets 410 replay_gone.",
+    )
+    stream_replay_max_bytes: int = Field(
+        16 * 2**20, ge=2**16, description="In-memory replay only (no Redis): bytes of "
+        "events kept per worker; the oldest finished turns are forgotten first.",
+    )
     cancel_on_disconnect: bool = Field(
         False,
         description="Stop the agent run when its stream's client disconnects (saves tokens; "

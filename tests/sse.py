@@ -20,6 +20,17 @@ class Event:
     def json(self) -> Any:
         return json.loads(self.data)
 
+    @property
+    def n(self) -> int:
+        """The event's number in its turn (ids are ``<turn>-<n>``)."""
+        assert self.id is not None, f"event {self.event} has no id"
+        return int(self.id.rpartition("-")[2])
+
+    @property
+    def turn(self) -> int:
+        assert self.id is not None, f"event {self.event} has no id"
+        return int(self.id.partition("-")[0])
+
 
 @dataclass
 class Comment:

@@ -25,6 +25,7 @@ _WHEN = {
     404: "no such tenant, thread or resource (or a key of another tenant)",
     408: "the request's headers or body did not arrive in time",
     409: "the change would leave a tenant unreachable",
+    410: "the events asked for are no longer kept",
     413: "the message or the body is too large",
     422: "the request is invalid",
     429: "a live-stream cap is reached",

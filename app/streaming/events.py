@@ -22,10 +22,15 @@ class StreamEvent:
     def final(self) -> bool:
         return self.event in FINAL_EVENTS
 
-    def encode(self, event_id: int) -> bytes:
-        """The event as SSE wire bytes (orjson never emits a raw newline inside data)."""
-        return b"id: %d\r\nevent: %s\r\ndata: %s\r\n\r\n" % (
-            event_id, self.event.encode(), orjson.dumps(self.data))
+    def encode(self, event_id: bytes | None) -> bytes:
+        """The event as SSE wire bytes (orjson never emits a raw newline inside data).
+
+        Without an id the client's last event id stays what it was: used for what one
+        connection is told about itself (``slow_consumer``), which a rejoin must not skip.
+        """
+        body = b"event: %s\r\ndata: %s\r\n\r\n" % (self.event.encode(),
+                                                      orjson.dumps(self.data))
+        return body if event_id is None else b"id: %s\r\n%s" % (event_id, body)
 
 
 def token(text: str) -> StreamEvent:

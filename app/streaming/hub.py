@@ -21,8 +21,10 @@ from typing import Any
 from app.errors import TooManyStreams
 from app.janitor import SweepSpec
 from app.observability.metrics import Metrics
+from app.persistence.base import thread_key
 from app.streaming import events
 from app.streaming.events import StreamEvent
+from app.streaming.replay import Replay, TurnRecorder, next_turn
 from config.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -44,34 +46,64 @@ class QueueWatermark:
             self.metrics.stream_queue_high_water.set(depth)
 
 
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """An event on its way to the client: the event and its SSE bytes (id included)."""
+
+    event: StreamEvent
+    wire: bytes
+
+    @property
+    def final(self) -> bool:
+        return self.event.final
+
+
 @dataclass(eq=False)
 class LiveStream:
     stream_id: int
     tenant_id: str
     thread_id: str
     started: float
-    queue: asyncio.Queue[StreamEvent]
+    queue: asyncio.Queue[Queued]
     send_timeout_s: float
     clock: Callable[[], float]
     watermark: QueueWatermark
     metrics: Metrics
+    #: numbers the turn's events (their ids) and keeps them for rejoining (replay.py)
+    recorder: TurnRecorder = field(default_factory=lambda: TurnRecorder(next_turn()))
     last_event: float = 0.0
     ended: str | None = None  # why the client will get no more events
+    #: the number of the turn's last event; ``finished`` once its final one is out
+    last_n: int = 0
+    finished: bool = False
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     # Sends to the client in progress (task → when it started) and the ones the hub cut.
     pending_sends: dict[asyncio.Task[Any], float] = field(default_factory=dict, repr=False)
     expired_sends: set[asyncio.Task[Any]] = field(default_factory=set, repr=False)
 
+    def _number(self, event: StreamEvent) -> Queued:
+        """The event's id and bytes; recorded for rejoining whatever the client does."""
+        self.last_n = n = self.last_n + 1
+        wire = event.encode(self.recorder.id_prefix + b"%d" % n)
+        final = event.final
+        if final:
+            self.finished = True
+        self.recorder.record(n, wire, final)
+        return Queued(event, wire)
+
     async def emit(self, event: StreamEvent) -> None:
         """Producer side: queue an event, waiting at most the send timeout for room."""
+        if self.finished:
+            return
+        queued = self._number(event)
         if self.ended is not None:
             return
         try:
-            self.queue.put_nowait(event)
+            self.queue.put_nowait(queued)
         except asyncio.QueueFull:
             try:
                 async with asyncio.timeout(self.send_timeout_s):
-                    await self.queue.put(event)
+                    await self.queue.put(queued)
             except TimeoutError:
                 self.end("slow_consumer", events.error(
                     "slow_consumer", "the client read too slowly; the turn continues and is "
@@ -84,18 +116,36 @@ class LiveStream:
         if event.final:
             self.end("done" if event.event == "done" else "error")
 
+    def finish(self, final: StreamEvent, reason: str = "cancelled") -> None:
+        """The turn ends with ``final`` unless it has ended already: recorded for
+        rejoining, and put before anything unread if the client still reads."""
+        if self.finished:
+            return
+        queued = self._number(final)
+        if self.ended is None:
+            self._replace_queue(queued)
+            self.ended = reason
+            self.metrics.streams_ended.labels(reason).inc()
+
     def end(self, reason: str, final: StreamEvent | None = None) -> None:
-        """No more events for the client; ``final`` replaces whatever it had not read."""
+        """No more events for the client; ``final`` replaces whatever it had not read.
+
+        ``final`` is about this connection, not the turn: it has no id and is not
+        recorded, so a rejoin resumes after the last event the client really got.
+        """
         if self.ended is not None:
             return
         self.ended = reason
         self.metrics.streams_ended.labels(reason).inc()
         if final is not None:
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(final)
+            self._replace_queue(Queued(final, final.encode(None)))
 
-    async def next_events(self, limit: int) -> list[StreamEvent]:
+    def _replace_queue(self, queued: Queued) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(queued)
+
+    async def next_events(self, limit: int) -> list[Queued]:
         """Wait for an event, then take the ones already queued behind it (up to a final)."""
         batch = [await self.queue.get()]
         while len(batch) < limit and not batch[-1].final and not self.queue.empty():
@@ -105,8 +155,10 @@ class LiveStream:
 
 class StreamHub:
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, replay: Replay | None = None) -> None:
         self._settings = settings
+        #: where streamed turns are kept for rejoining (off unless given)
+        self.replay = replay or Replay()
         self.metrics = metrics or Metrics()
         self._clock = clock
         self._ids = itertools.count(1)
@@ -119,7 +171,9 @@ class StreamHub:
     def __len__(self) -> int:
         return len(self._streams)
 
-    def open(self, tenant_id: str, thread_id: str) -> LiveStream:
+    def open(self, tenant_id: str, thread_id: str, *, record: bool = False) -> LiveStream:
+        """A stream slot, counted against the caps (429 beyond); ``record``: a new turn's
+        events are kept for rejoining (else the slot is a rejoin's, or replay is off)."""
         settings = self._settings
         retry = {"Retry-After": str(settings.stream_retry_after_s)}
         if len(self._streams) >= settings.stream_max_per_worker:
@@ -137,6 +191,8 @@ class StreamHub:
             send_timeout_s=settings.stream_send_timeout_s, clock=self._clock,
             watermark=self.watermark, metrics=self.metrics,
         )
+        if record:
+            stream.recorder = self.replay.begin(thread_key(tenant_id, thread_id))
         self._streams[stream.stream_id] = stream
         self._per_tenant[tenant_id] = self._per_tenant.get(tenant_id, 0) + 1
         self.metrics.streams_active.set(len(self._streams))
@@ -144,7 +200,7 @@ class StreamHub:
 
     def start(self, stream: LiveStream, producer: Coroutine[Any, Any, None]) -> None:
         stream.task = asyncio.get_running_loop().create_task(producer)
-        stream.task.add_done_callback(lambda _: self._close(stream))
+        stream.task.add_done_callback(lambda _: self.close(stream))
 
     def attach(self, stream: LiveStream) -> None:
         """A client has started reading the stream."""
@@ -161,7 +217,8 @@ class StreamHub:
         while not stream.queue.empty():
             stream.queue.get_nowait()
 
-    def _close(self, stream: LiveStream) -> None:
+    def close(self, stream: LiveStream) -> None:
+        """The slot is free again: the turn's task has ended, or a rejoin has."""
         if self._streams.pop(stream.stream_id, None) is None:
             return
         left = self._per_tenant[stream.tenant_id] - 1
@@ -169,8 +226,8 @@ class StreamHub:
             self._per_tenant[stream.tenant_id] = left
         else:
             del self._per_tenant[stream.tenant_id]
-        if stream.task is not None and stream.task.cancelled() and stream.ended is None:
-            stream.end("cancelled", events.error("cancelled", "the turn was cancelled"))
+        if stream.task is not None:  # every turn ends with a final event, even cancelled
+            stream.finish(events.error("cancelled", "the turn was cancelled"))
         self.metrics.streams_active.set(len(self._streams))
 
     def sweeps(self) -> list[SweepSpec]:
@@ -185,8 +242,8 @@ class StreamHub:
         for stream in expired:
             logger.warning("stream %s of tenant %s expired after %.0fs", stream.stream_id,
                            stream.tenant_id, self._clock() - stream.started)
-            stream.end("expired", events.error("stream_expired",
-                                               "the stream reached its maximum age"))
+            stream.finish(events.error("stream_expired", "the stream reached its maximum age"),
+                          "expired")
             if stream.task is not None:
                 stream.task.cancel()
         return len(expired)

@@ -19,6 +19,7 @@ from app.errors import AppError
 from app.streaming import events
 from app.streaming.events import StreamEvent
 from app.streaming.hub import LiveStream, StreamHub
+from app.streaming.replay import Replayed
 from app.streaming.response import StreamResponse
 from app.turns.events import OnEvent, Replied, Token, ToolCalled, ToolReturned, TurnEvent
 
@@ -43,9 +44,11 @@ class StreamSession:
 
     @classmethod
     def open(cls, hub: StreamHub, tenant_id: str, thread_id: str, heartbeat_s: float,
-             shutdown_grace_s: float = 0.0) -> StreamSession:
-        """A new stream; ``TooManyStreams`` (429) when a cap is reached."""
-        return cls(hub, hub.open(tenant_id, thread_id), heartbeat_s, shutdown_grace_s)
+             shutdown_grace_s: float = 0.0, *, record: bool = True) -> StreamSession:
+        """A new stream (``record``: a turn's, kept for rejoining; else a rejoin's);
+        ``TooManyStreams`` (429) when a cap is reached."""
+        return cls(hub, hub.open(tenant_id, thread_id, record=record), heartbeat_s,
+                   shutdown_grace_s)
 
     def start(self, turn: Turn) -> StreamResponse:
         """Run ``turn`` behind the stream; the response reads what it reports."""
@@ -96,16 +99,37 @@ class StreamSession:
                                                 "internal error; see the service log"))
 
     async def _consume(self) -> AsyncIterator[bytes]:
-        """The client's side: queued events, numbered, until a final one."""
+        """The client's side: queued events, already numbered, until a final one."""
         stream = self.stream
-        event_id = 0
         self._hub.attach(stream)
         try:
             while True:
                 batch = await stream.next_events(WRITE_BATCH)
-                yield b"".join(e.encode(event_id + i) for i, e in enumerate(batch, start=1))
-                event_id += len(batch)
+                yield b"".join(queued.wire for queued in batch)
                 if batch[-1].final:
                     return
         finally:
             self._hub.detach(stream)
+
+    def relay(self, replayed: Replayed) -> StreamResponse:
+        """A rejoin: the kept events of a turn (replay.py), then its live ones."""
+        return StreamResponse(
+            self.stream,
+            self._relay(replayed),
+            headers=STREAM_HEADERS,
+            ping=self._heartbeat_s,
+            ping_message_factory=events.ping,
+            shutdown_grace_period=self._shutdown_grace_s,
+        )
+
+    async def _relay(self, replayed: Replayed) -> AsyncIterator[bytes]:
+        stream = self.stream
+        self._hub.attach(stream)
+        try:
+            async for chunk in replayed:
+                yield chunk
+            stream.end("done")
+        finally:
+            await replayed.aclose()
+            self._hub.detach(stream)
+            self._hub.close(stream)

@@ -100,7 +100,7 @@ async def test_tokens_arrive_as_the_model_produces_them(
                 assert item.event == "token" and item.json["text"].startswith("tok0")
                 mock_llm.control(release="first-token")
     assert [e.event for e in evs] == ["token"] * 20 + ["message", "done"]
-    assert [int(e.id or 0) for e in evs] == list(range(1, 23))
+    assert [e.n for e in evs] == list(range(1, 23))
     assert "".join(e.json["text"] for e in evs[:20]) == evs[20].json["content"]
     assert evs[-1].json["usage"]["total_tokens"] > 0
 
@@ -134,7 +134,7 @@ async def test_upstream_failure_mid_stream_is_an_error_event(
         items = await collect(client, "drop", "[[fail:drop]] [[tokens:20]]")
     evs = [i for i in items if isinstance(i, Event)]
     assert evs[-1].event == "error" and evs[-1].json["code"] == "upstream_error"
-    assert int(evs[-1].id or 0) == len(evs)
+    assert evs[-1].n == len(evs)
     user_messages = [m["content"] for m in history(app, "drop") if m["role"] == "user"]
     assert user_messages == ["hello"]  # the failed turn was undone
 

@@ -48,7 +48,9 @@ async def test_a_full_queue_past_the_timeout_becomes_one_error_event() -> None:
     assert stream.ended == "slow_consumer"
     assert stream.queue.qsize() == 1
     [final] = await stream.next_events(10)
-    assert final.event == "error" and final.data["code"] == "slow_consumer"
+    assert final.event.event == "error" and final.event.data["code"] == "slow_consumer"
+    # about this connection, not the turn: no id, so a rejoin resumes after event 5
+    assert final.wire.startswith(b"event: error\r\n")
     await stream.emit(events.token("dropped"))
     assert stream.queue.empty()
     assert streams.watermark.high == 5
@@ -85,7 +87,8 @@ async def test_sweep_ends_streams_past_their_maximum_age() -> None:
     clock.now += 31
     assert streams.sweep() == 1
     assert old.ended == "expired" and young.ended is None
-    assert (await old.next_events(10))[0].data["code"] == "stream_expired"
+    [expired] = await old.next_events(10)
+    assert expired.event.data["code"] == "stream_expired" and expired.wire.startswith(b"id: ")
     stats = streams.stats()
     assert stats["active"] == 2 and stats["oldest_age_s"] == 61
     assert stats["tenants_streaming"] == 1
@@ -119,10 +122,12 @@ async def test_queued_events_are_taken_together_up_to_the_final_one() -> None:
     await stream.emit(events.done({}))
     first = await stream.next_events(3)
     rest = await stream.next_events(10)
-    assert [e.data.get("text") for e in first] == ["0", "1", "2"]
-    assert [e.event for e in rest] == ["token", "token", "done"]
-    wire = b"".join(e.encode(i) for i, e in enumerate(first, start=1))
-    assert wire.startswith(b'id: 1\r\nevent: token\r\ndata: {"text":"0"}\r\n\r\nid: 2\r\n')
+    assert [q.event.data.get("text") for q in first] == ["0", "1", "2"]
+    assert [q.event.event for q in rest] == ["token", "token", "done"]
+    turn = stream.recorder.turn
+    wire = b"".join(q.wire for q in first)
+    assert wire.startswith(b'id: %d-1\r\nevent: token\r\ndata: {"text":"0"}\r\n\r\nid: %d-2\r\n'
+                           % (turn, turn))
 
 
 async def test_a_send_pending_past_the_cutoff_is_cancelled_once() -> None:

@@ -33,7 +33,7 @@ async def test_turn_events_become_sse_events_in_order_with_increasing_ids() -> N
 
     received = await streamed(turn)
     assert [e.event for e in received] == ["token", "token", "tool", "tool", "message", "done"]
-    assert [int(e.id or 0) for e in received] == [1, 2, 3, 4, 5, 6]
+    assert [e.n for e in received] == [1, 2, 3, 4, 5, 6]
     assert received[0].json == {"text": "Hel"}
     assert received[2].json == {"type": "call", "id": "c1", "name": "calculator",
                                 "args": {"x": "1+1"}}

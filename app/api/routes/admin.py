@@ -101,5 +101,7 @@ async def delete_tenant(
     if not purge:
         return Response(status_code=204)
     deleted = await state.backend.purge_tenant(tenant_id)
+    async with state.backend.guard():
+        await state.streams.replay.forget_tenant(tenant_id)
     logger.info("tenant %s deleted with its %d threads", tenant_id, deleted)
     return JSONResponse({"tenant_id": tenant_id, "threads_deleted": deleted})

@@ -66,5 +66,8 @@ async def get_messages(
 async def delete_thread(
     state: StateDep, config: TenantDep, tenant_id: TenantId, thread_id: ThreadId
 ) -> Response:
-    await state.backend.delete(thread_key(tenant_id, thread_id))
+    key = thread_key(tenant_id, thread_id)
+    await state.backend.delete(key)
+    async with state.backend.guard():
+        await state.streams.replay.forget(key)
     return Response(status_code=204)
