@@ -158,7 +158,7 @@ class StreamHub:
                  metrics: Metrics | None = None, replay: Replay | None = None) -> None:
         self._settings = settings
         #: where streamed turns are kept for rejoining (off unless given)
-        self.replay = replay or Replay()
+        self.replay = replay if replay is not None else Replay()
         self.metrics = metrics or Metrics()
         self._clock = clock
         self._ids = itertools.count(1)

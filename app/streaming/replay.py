@@ -165,13 +165,14 @@ class _MemoryRecorder(TurnRecorder):
             return
         log.events.append(wire)
         log.last = n
-        log.size += len(wire)
+        grown = len(wire)
         if len(log.events) > self._replay.max_events:
-            log.size -= len(log.events.popleft())
+            grown -= len(log.events.popleft())
             log.first += 1
+        log.size += grown
         if final:
             log.ended_at = self._replay.clock()
-        self._replay.grew(len(wire), log)
+        self._replay.grew(grown, log)
         log.wake()
 
 

@@ -116,6 +116,7 @@ class RedisReplay(Replay):
 
     async def write(self, key: str, turn: int, batch: list[tuple[int, bytes]], final: bool,
                     first: bool) -> None:
+        batch = batch[-self.max_events:]  # older ones would be trimmed at once
         fields: dict[Any, Any] = {b"%d" % n: wire for n, wire in batch}
         if final:
             fields[END] = b"1"
