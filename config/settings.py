@@ -317,7 +317,7 @@ class Settings(BaseSettings):
         "asks for older ones gets 410 replay_gone.",
     )
     stream_replay_max_bytes: int = Field(
-        16 * 2**20, ge=2**16, description="In-memory replay only (no Redis): bytes of "
+        16 * 2**20, ge=4096, description="In-memory replay only (no Redis): bytes of "
         "events kept per worker; the oldest finished turns are forgotten first.",
     )
     cancel_on_disconnect: bool = Field(

@@ -34,6 +34,8 @@ COUNTED_THREADS = 100
 TRACED_FIRST = 20
 MEMORY_MAX_THREADS = 16  # at least CONCURRENCY: no thread is evicted during its turns
 TRACED_THREADS = 30
+# ~ 12 streamed turns of these threads: fewer than a traced round makes, like the threads
+REPLAY_MAX_BYTES = 6 * 1024
 TURNS = ("hello there", "what time is it? [[tool:current_time {}]]", "thanks, bye")
 CONCURRENCY = 8
 # What a finished thread may leave behind: allocated blocks (the leak kept ~1,300) and
@@ -63,6 +65,27 @@ async def sse_turn(client: httpx.AsyncClient, thread: str, text: str) -> str:
             if isinstance(item, Event):
                 events.append(item)
     assert [e.event for e in events][-2:] == ["message", "done"], events[-3:]
+    content: str = events[-2].json["content"]
+    return content
+
+
+async def rejoined_sse_turn(client: httpx.AsyncClient, thread: str, text: str) -> str:
+    """A streamed turn whose client drops after its first event and rejoins for the rest."""
+    url = f"/v1/tenants/demo/threads/{thread}/stream"
+    async with client.stream("POST", url, json={"message": text}) as response:
+        assert response.status_code == 200, await response.aread()
+        async for item in read_sse(response):
+            if isinstance(item, Event):
+                first = item
+                break
+    events: list[Event] = []
+    async with client.stream("GET", url, headers={"Last-Event-ID": first.id or ""}) as rest:
+        assert rest.status_code == 200, await rest.aread()
+        async for item in read_sse(rest):
+            if isinstance(item, Event):
+                events.append(item)
+    assert [e.event for e in events][-2:] == ["message", "done"], events[-3:]
+    assert events[0].n == first.n + 1
     content: str = events[-2].json["content"]
     return content
 
@@ -103,8 +126,8 @@ async def conversations(base_url: str, route: str, prefix: str, count: int) -> N
 
 async def _conversations(client: httpx.AsyncClient, route: str, prefix: str,
                          count: int) -> None:
-    turn = {"json": json_turn, "sse": sse_turn, "openai": openai_turn,
-            "openai-sse": openai_stream_turn}[route]
+    turn = {"json": json_turn, "sse": sse_turn, "sse-rejoin": rejoined_sse_turn,
+            "openai": openai_turn, "openai-sse": openai_stream_turn}[route]
     gate = asyncio.Semaphore(CONCURRENCY)
 
     async def one(i: int) -> None:
@@ -149,6 +172,8 @@ async def live_objects() -> dict[str, int]:
       for route in ("json", "sse")),
     # the OpenAI-compatible endpoint (on a thread), whole and streamed
     ("memory", "openai"), ("memory", "openai-sse"),
+    # streams dropped and rejoined (GET .../stream): kept in the worker, or in Redis
+    ("memory", "sse-rejoin"), ("plain-redis", "sse-rejoin"),
 ])
 async def test_finished_threads_leave_nothing_behind(
     backend: str, route: str, request: pytest.FixtureRequest, make_settings: SettingsFactory,
@@ -168,6 +193,8 @@ async def test_finished_threads_leave_nothing_behind(
     else:
         # Fewer threads kept than any round makes: stored state stays at its bound.
         overrides["memory_max_threads"] = MEMORY_MAX_THREADS
+        # likewise the streamed turns kept for rejoining (the smallest budget)
+        overrides["stream_replay_max_bytes"] = REPLAY_MAX_BYTES
     async with serve_app(make_settings(**overrides)) as base_url:
         # Warm-up: imports, pools and per-tenant caches are in place after it.
         await conversations(base_url, route, "warm", WARMUP_THREADS)

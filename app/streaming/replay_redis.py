@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 REPLAY_PREFIX = "agenthost:replay:"
 #: events that come within this long of each other are written together
 FLUSH_S = 0.02
+#: how often a rejoin looks for a young turn's first write before 404 (1 s)
+APPEAR_CHECKS = 50
 #: a recorder waits at most this long at the turn's end for its last write
 CLOSE_WAIT_S = 2.0
 END = b"end"
@@ -80,7 +82,7 @@ class _RedisRecorder(TurnRecorder):
         try:
             while True:
                 await self._wake.wait()
-                if not self._final:
+                if not self._final and not first:  # the first is out at once
                     await asyncio.sleep(FLUSH_S)
                 self._wake.clear()
                 batch, self._pending = self._pending, []
@@ -143,10 +145,18 @@ class RedisReplay(Replay):
             turn = int(raw)
         stream = stream_key(key, turn)
         after = position.after
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.xrange(stream, min=f"0-{after + 1}", max="+")
-            pipe.xrevrange(stream, max="+", min="-", count=1)
-            entries, newest = await pipe.execute()
+        # A client that saw an event may ask before its first write is out (it is
+        # off the turn's path): a young turn is given a moment to appear.
+        young = position.turn is not None and next_turn() - turn < self.live_ms
+        for _ in range(APPEAR_CHECKS if young else 1):
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.xrange(stream, min=f"0-{after + 1}", max="+")
+                pipe.xrevrange(stream, max="+", min="-", count=1)
+                entries, newest = await pipe.execute()
+            if newest:
+                break
+            if young:
+                await asyncio.sleep(FLUSH_S)
         if not newest:
             raise NothingToRejoin("no streamed turn of this thread to rejoin")
         if not entries:
