@@ -2,6 +2,7 @@
 
     python -m bench.sse_streams [--streams 100 500 1000] [--tokens 50] [--latency-ms 20]
                                 [--token-delay-ms 20] [--rounds 3]
+    python -m bench.sse_streams --cpu [--redis] --streams 100 [--runs 3]
 
 Starts the mock OpenAI server and the service (``python -m app``, one worker, in-memory
 persistence) on free ports, then for each concurrency N opens N streams at once with a
@@ -28,7 +29,7 @@ from collections.abc import Callable
 import psutil
 import uvloop
 
-from tests.servers.processes import ManagedProcess, start_app, start_mock_openai
+from tests.servers.processes import ManagedProcess, start_app, start_mock_openai, start_redis
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -135,6 +136,41 @@ async def run(args: argparse.Namespace, mock: ManagedProcess,
             app.stop()
 
 
+async def cpu_per_token(args: argparse.Namespace, mock: ManagedProcess,
+                        start_service: Callable[[dict[str, str]], ManagedProcess]) -> None:
+    """The worker's CPU (user + system) per streamed token, with stream replay off and on
+    (kept for rejoining: in the worker, or in Redis with ``--redis``), alternated."""
+    where = "Redis" if args.redis else "in-process"
+    n = args.streams[0]
+    print(f"worker CPU per streamed token, replay off vs on ({where}): {n} streams x "
+          f"{args.tokens} tokens per round, {args.rounds} rounds per service, tokens every "
+          f"{args.token_delay_ms} ms, a fresh service per run")
+    figures: dict[str, list[float]] = {"off": [], "on": []}
+    for run_ in range(args.runs):
+        for replay in ("off", "on"):
+            app = start_service({"AGENTHOST_STREAM_REPLAY_S": "0" if replay == "off"
+                                 else "120"})
+            try:
+                await burst(app.port, "/v1/tenants/demo/threads/warm/stream",
+                            {"message": "warm"}, 20)
+                process = psutil.Process(app.pid)
+                before = process.cpu_times()
+                for round_ in range(args.rounds):
+                    await asyncio.gather(*(
+                        one_stream(app.port,
+                                   f"/v1/tenants/demo/threads/c{run_}-{round_}-{i}/stream",
+                                   {"message": "go"}, i * args.ramp_s / n) for i in range(n)))
+                after = process.cpu_times()
+            finally:
+                app.stop()
+            cpu = (after.user - before.user) + (after.system - before.system)
+            per_token = cpu / (n * args.tokens * args.rounds) * 1e6
+            figures[replay].append(per_token)
+            print(f"  run {run_ + 1} replay {replay:>3}: {per_token:7.1f} us/token", flush=True)
+    off, on = statistics.median(figures["off"]), statistics.median(figures["on"])
+    print(f"median: off {off:.1f} us/token, on {on:.1f} us/token, ratio {on / off:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[100, 500, 1000])
@@ -144,15 +180,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ramp-s", type=float, default=1.0,
                         help="spread the N starts over this long (0: all at once)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="measure the worker's CPU per streamed token with stream replay "
+                        "off and on instead (uses the first --streams figure)")
+    parser.add_argument("--redis", action="store_true",
+                        help="with --cpu: the service on a Redis 8 the bench starts")
+    parser.add_argument("--runs", type=int, default=3, help="with --cpu: runs per setting")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))  # children inherit
     mock = start_mock_openai(None, "--latency-ms", str(args.latency_ms), "--token-delay-ms",
                              str(args.token_delay_ms), "--reply-tokens", str(args.tokens))
     top = max(args.streams) + 100
+    redis = start_redis() if args.redis else None
+    storage = {"REDIS_URL": f"redis://127.0.0.1:{redis.port}/0"} if redis else {}
 
-    def start_service() -> ManagedProcess:
+    def start_service(extra: dict[str, str] | None = None) -> ManagedProcess:
         return start_app({
+            **storage, **(extra or {}),
             "OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": f"http://127.0.0.1:{mock.port}/v1",
             "AGENTHOST_STREAM_MAX_PER_WORKER": str(top),
             "AGENTHOST_STREAM_MAX_PER_TENANT": str(top),
@@ -164,9 +209,12 @@ def main() -> None:
     try:
         # The load generator runs on uvloop too: on these 2 shared cores, its own CPU is
         # taken from the service and the mock.
-        uvloop.run(run(args, mock, start_service))
+        uvloop.run(cpu_per_token(args, mock, start_service) if args.cpu
+                   else run(args, mock, start_service))
     finally:
         mock.stop()
+        if redis is not None:
+            redis.stop()
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ that holds event ``after + 1``, and ``MINID`` trims the stream to the last
 ``max_events`` events. Keys expire ``replay_s`` after the turn ends (the turn timeout
 plus that while it runs).
 
-Writes are off the turn's path: the recorder collects events and one task per turn writes
-what has come every ``FLUSH_S`` (one pipelined round trip: XADD and PEXPIREs), so the
-cost per token is a list append. A Redis failure there is logged once and ends the
-replay of that turn, never the turn. A rejoin reads with ``XRANGE`` then blocks on
+Writes are off the turns' path: a recorder collects its turn's events, and one writer
+task per worker writes what every turn has gathered each ``FLUSH_S``, in one pipelined
+round trip (an XADD per turn; a turn's first and last write also set its keys' TTLs), so
+the cost per token is a list append. A Redis failure there is logged and ends the replay
+of those turns, never the turns. A rejoin reads with ``XRANGE`` then blocks on
 ``XREAD`` for live events, in steps shorter than the socket timeout; blocking readers
 are capped per worker (half the pool) so they never starve the turns of connections.
 Core commands only: any Redis 5+ or Valkey serves it.
@@ -37,9 +38,9 @@ logger = logging.getLogger(__name__)
 
 REPLAY_PREFIX = "agenthost:replay:"
 #: events that come within this long of each other are written together
-FLUSH_S = 0.02
-#: how often a rejoin looks for a young turn's first write before 404 (1 s)
-APPEAR_CHECKS = 50
+FLUSH_S = 0.05
+#: how often a rejoin looks for a young turn's first write before 404 (~1 s)
+APPEAR_CHECKS = 20
 #: a recorder waits at most this long at the turn's end for its last write
 CLOSE_WAIT_S = 2.0
 END = b"end"
@@ -57,46 +58,24 @@ def stream_key(key: str, turn: int) -> str:
 
 
 class _RedisRecorder(TurnRecorder):
+    __slots__ = ("_replay", "failed", "final", "key", "pending", "written")
+
     def __init__(self, replay: RedisReplay, key: str, turn: int) -> None:
         super().__init__(turn)
         self._replay = replay
-        self._key = key
-        self._pending: list[tuple[int, bytes]] = []
-        self._final = False
-        self._failed = False
-        self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._flush_loop())
-        replay.tasks.add(self._task)
-        self._task.add_done_callback(replay.tasks.discard)
+        self.key = key
+        self.pending: list[tuple[int, bytes]] = []
+        self.final = False  # its final event is recorded
+        self.written = False  # its first write is out (the keys and their TTLs exist)
+        self.failed = False
 
     def record(self, n: int, wire: bytes, final: bool) -> None:
-        if self._failed or self._final:
+        if self.failed or self.final:
             return
-        self._pending.append((n, wire))
+        self.pending.append((n, wire))
         if final:
-            self._final = True
-        self._wake.set()
-
-    async def _flush_loop(self) -> None:
-        first = True
-        try:
-            while True:
-                await self._wake.wait()
-                if not self._final and not first:  # the first is out at once
-                    await asyncio.sleep(FLUSH_S)
-                self._wake.clear()
-                batch, self._pending = self._pending, []
-                final = self._final
-                if batch:
-                    await self._replay.write(self._key, self.turn, batch, final, first)
-                    first = False
-                if final:
-                    return
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._failed = True
-            self._pending = []
-            logger.warning("stream replay of turn %s lost (Redis: %r); the turn goes on",
-                           self.turn, exc)
+            self.final = True
+        self._replay.dirty(self)
 
 
 class RedisReplay(Replay):
@@ -111,30 +90,75 @@ class RedisReplay(Replay):
         self.block_ms = max(1, int(block_s * 1000))
         self.max_readers = max_readers
         self.readers = 0
-        self.tasks: set[asyncio.Task[None]] = set()
+        # recorders with events not yet written, in order; one writer task for them all
+        self._dirty: dict[_RedisRecorder, None] = {}
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self.writes = 0
 
     def begin(self, key: str) -> TurnRecorder:
         return _RedisRecorder(self, key, next_turn())
 
-    async def write(self, key: str, turn: int, batch: list[tuple[int, bytes]], final: bool,
-                    first: bool) -> None:
+    def dirty(self, recorder: _RedisRecorder) -> None:
+        self._dirty[recorder] = None
+        self._wake.set()
+        if self._writer is None and not self._closing:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        while not self._closing:
+            await self._wake.wait()
+            if not self._closing:  # what comes meanwhile goes in the same round trip
+                await asyncio.sleep(FLUSH_S)
+            try:
+                await self.flush()
+            except Exception:  # never let one bad write stop the replay of every turn
+                logger.exception("stream replay: a write failed")
+
+    async def flush(self) -> None:
+        """Everything recorded so far, every turn's, in one pipelined round trip."""
+        self._wake.clear()
+        recorders, self._dirty = list(self._dirty), {}
+        if not recorders:
+            return
+        async with self.client.pipeline(transaction=False) as pipe:
+            for recorder in recorders:
+                batch, recorder.pending = recorder.pending, []
+                self._queue_write(pipe, recorder, batch)
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except (RedisError, OSError, TimeoutError) as exc:
+                results = [exc]
+        self.writes += 1
+        failure = next((r for r in results if isinstance(r, Exception)), None)
+        if failure is not None:
+            for recorder in recorders:  # which command failed matters little: all lost
+                recorder.failed = True
+            logger.warning("stream replay of %d turns lost (Redis: %r); the turns go on",
+                           len(recorders), failure)
+
+    def _queue_write(self, pipe: Any, recorder: _RedisRecorder,
+                     batch: list[tuple[int, bytes]]) -> None:
         batch = batch[-self.max_events:]  # older ones would be trimmed at once
         fields: dict[Any, Any] = {b"%d" % n: wire for n, wire in batch}
+        final = recorder.final
         if final:
             fields[END] = b"1"
         last = batch[-1][0]
         trim = last - self.max_events
+        stream = stream_key(recorder.key, recorder.turn)
+        pipe.xadd(stream, fields, id=f"0-{last}", minid=f"0-{trim + 1}" if trim > 0 else None,
+                  approximate=False)
+        if recorder.written and not final:
+            return  # the keys' TTLs, set by the first write, cover the running turn
         ttl = self.replay_ms if final else self.live_ms
-        stream = stream_key(key, turn)
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.xadd(stream, fields, id=f"0-{last}",
-                      minid=f"0-{trim + 1}" if trim > 0 else None, approximate=False)
-            pipe.pexpire(stream, ttl)
-            if first:
-                pipe.set(pointer_key(key), turn, px=ttl)
-            else:
-                pipe.pexpire(pointer_key(key), ttl)
-            await pipe.execute()
+        pipe.pexpire(stream, ttl)
+        if recorder.written:
+            pipe.pexpire(pointer_key(recorder.key), ttl)
+        else:
+            pipe.set(pointer_key(recorder.key), recorder.turn, px=ttl)
+        recorder.written = True
 
     async def open(self, key: str, position: Position) -> Replayed | None:
         turn = position.turn
@@ -228,14 +252,23 @@ class RedisReplay(Replay):
             await self.client.unlink(*batch)
 
     async def aclose(self) -> None:
-        tasks = list(self.tasks)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=CLOSE_WAIT_S)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1)
+        """Shutdown (after the turns have finished): write what is left, stop the writer."""
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            done, _ = await asyncio.wait([self._writer], timeout=CLOSE_WAIT_S)
+            if not done:
+                self._writer.cancel()
+                await asyncio.wait([self._writer], timeout=1)
+            self._writer = None
+        try:
+            async with asyncio.timeout(CLOSE_WAIT_S):
+                await self.flush()
+        except TimeoutError:
+            logger.warning("stream replay: the last write was still pending after %.0fs",
+                           CLOSE_WAIT_S)
 
     def stats(self) -> dict[str, Any]:
         return {"store": "redis", "readers": self.readers, "max_readers": self.max_readers,
-                "writing": len(self.tasks), "replay_s": self.replay_ms / 1000}
+                "pending_turns": len(self._dirty), "writes": self.writes,
+                "replay_s": self.replay_ms / 1000}
