@@ -12,18 +12,24 @@ run: $(VENV)/.deps-run
 # Prometheus and promtool (Debian's package): the tests lint and scrape the metrics.
 PROMETHEUS := /usr/bin/prometheus
 
-test: $(VENV)/.deps-test $(PROMETHEUS)
+# Chromium (Debian's package): the chat page is tested in it, driven by Playwright.
+CHROMIUM := /usr/bin/chromium
+
+test: $(VENV)/.deps-test $(PROMETHEUS) $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # The image, compose and the memory promise in real containers (podman; installed from
 # Debian when missing). Skips, saying why, only where podman cannot run.
-container-test: $(VENV)/.deps-test $(PROMETHEUS)
+container-# Chromium (Debian's package): the chat page is tested in it, driven by Playwright.
+CHROMIUM := /usr/bin/chromium
+
+test: $(VENV)/.deps-test $(PROMETHEUS) $(CHROMIUM)
 	$(BIN)/python -m pytest -m container -s tests/containers
 
 # Branch coverage of app/, service subprocesses included (by hand; slower than `make test`).
-coverage: $(VENV)/.deps-test $(PROMETHEUS)
+coverage: $(VENV)/.deps-test $(PROMETHEUS) $(CHROMIUM)
 	rm -rf .coverage
 	$(BIN)/python -m coverage run -m pytest
 	$(BIN)/python -m coverage combine --quiet
@@ -47,6 +53,9 @@ $(VENV)/.deps-test: requirements.txt requirements-test.txt | $(BIN)/python
 
 $(PROMETHEUS):
 	apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+
+$(CHROMIUM):
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

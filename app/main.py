@@ -18,6 +18,7 @@ from app.api.middleware.body_limit import BodyLimitMiddleware
 from app.api.middleware.request_id import RequestIdMiddleware
 from app.api.middleware.response_metrics import ResponseMetricsMiddleware
 from app.api.routes import admin, chat, health, memory, openai_compat, stream
+from app.api.routes.page import page_router
 from app.errors import ConfigError, install_error_handlers
 from app.janitor import Janitor
 from app.llm.pool import ModelPool
@@ -199,6 +200,8 @@ def create_app(settings: Settings | None = None, *, meter: Meter | None = None) 
     app.include_router(health.router)
     app.include_router(memory.router)
     app.include_router(memory.admin_router)
+    if resolved.chat_page:
+        app.include_router(page_router())
     if resolved.memory_test_allocations:
         app.include_router(memory.ballast_router)
     # Outermost last: the request id wraps everything, including 413 refusals.

@@ -320,6 +320,10 @@ class Settings(BaseSettings):
         16 * 2**20, ge=4096, description="In-memory replay only (no Redis): bytes of "
         "events kept per worker; the oldest finished turns are forgotten first.",
     )
+    chat_page: bool = Field(
+        True, description="Serve the browser chat page at GET / (a static file; it holds no "
+        "secret, the key is typed into it).",
+    )
     cancel_on_disconnect: bool = Field(
         False,
         description="Stop the agent run when its stream's client disconnects (saves tokens; "
