@@ -106,6 +106,7 @@ async def build_state(settings: Settings, stack: AsyncExitStack, metrics: Metric
     janitor.add("agent_cache", agents.sweep)
     governor.on_pressure(agents.relieve)
     governor.on_pressure(backend.relieve)
+    governor.on_pressure(replay.relieve)
     janitor.add("memory", governor.sample, settings.memory_sample_s)
     for name, sweep, interval in janitor_sweeps:
         janitor.add(name, sweep, interval)

@@ -315,6 +315,7 @@ class MemoryGovernor:
 
 _ACTIONS = {
     Pressure.MODERATE: "; agent cache to half its budget",
-    Pressure.HIGH: "; conversation store to half its budget, gc, new streams refused",
+    Pressure.HIGH: "; conversation store to half its budget, finished streams' replay "
+                   "dropped, gc, new streams refused",
     Pressure.CRITICAL: "; new turns refused, turns in flight finish",
 }

@@ -28,6 +28,7 @@ from typing import Any
 
 from app.errors import InvalidRequest, NothingToRejoin, ReplayGone
 from app.janitor import SweepSpec
+from app.memory.governor import Pressure
 from app.persistence.base import thread_key
 from app.streaming import events
 
@@ -103,6 +104,9 @@ class Replay:
 
     def sweeps(self) -> list[SweepSpec]:
         return []
+
+    def relieve(self, level: int) -> None:
+        """Memory pressure changed (the governor's levels)."""
 
     async def aclose(self) -> None:
         """Shutdown: stop what is still being written."""
@@ -268,6 +272,13 @@ class MemoryReplay(Replay):
 
     def sweeps(self) -> list[SweepSpec]:
         return [("stream_replay", self.sweep, max(1.0, self.replay_s / 4))]
+
+    def relieve(self, level: int) -> None:
+        """From high pressure up, finished turns are forgotten at once (rejoins of running
+        ones still work); below it, they are kept again."""
+        if level >= Pressure.HIGH:
+            for key in [key for key, log in self._logs.items() if log.final]:
+                self._drop(key)
 
     def sweep(self) -> int:
         """Forget turns ended ``replay_s`` ago (and turns that never ended, after the

@@ -161,3 +161,16 @@ async def test_a_redis_failure_loses_the_replay_never_the_turn(
 def test_replay_keys_share_the_thread_hash_tag() -> None:
     # one cluster slot for a thread's pointer and its turns
     assert key_slot(pointer_key("a/b").encode()) == key_slot(stream_key("a/b", 5).encode())
+
+
+async def test_high_pressure_drops_finished_turns_and_keeps_running_ones() -> None:
+    replay = MemoryReplay(replay_s=120, max_events=100, max_bytes=2**20, max_age_s=600)
+    record_turn(replay, "a/done", 3)
+    record_turn(replay, "a/running", 3, final=False)
+    replay.relieve(1)
+    assert len(replay) == 2
+    replay.relieve(2)
+    assert len(replay) == 1
+    assert await replay.open("a/running", Position()) is not None
+    with pytest.raises(NothingToRejoin):
+        await replay.open("a/done", Position())
