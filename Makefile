@@ -22,10 +22,7 @@ test: $(VENV)/.deps-test $(PROMETHEUS) $(CHROMIUM)
 
 # The image, compose and the memory promise in real containers (podman; installed from
 # Debian when missing). Skips, saying why, only where podman cannot run.
-container-# Chromium (Debian's package): the chat page is tested in it, driven by Playwright.
-CHROMIUM := /usr/bin/chromium
-
-test: $(VENV)/.deps-test $(PROMETHEUS) $(CHROMIUM)
+container-test: $(VENV)/.deps-test $(PROMETHEUS)
 	$(BIN)/python -m pytest -m container -s tests/containers
 
 # Branch coverage of app/, service subprocesses included (by hand; slower than `make test`).
