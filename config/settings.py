@@ -183,7 +183,13 @@ class Settings(BaseSettings):
         "RediSearch); plain: core commands only (any Redis, Valkey, managed services); auto: "
         "langgraph when the modules are there, else plain (decided at start).",
     )
-    redis_max_connections: int = Field(50, ge=1, description="Redis connection pool size.")
+    redis_cluster: bool | None = Field(
+        None, description="Redis Cluster: true uses redis-py's cluster client (and the plain "
+        "checkpointer: RediSearch does not span a cluster); false a single server; unset: "
+        "asked at start (INFO cluster).",
+    )
+    redis_max_connections: int = Field(50, ge=1, description="Redis connection pool size "
+                                       "(per node with Redis Cluster).")
     redis_timeout_s: float = Field(
         5.0, gt=0, description="Redis socket timeout, and wait for a free pooled connection."
     )

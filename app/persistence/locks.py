@@ -20,11 +20,11 @@ import logging
 import uuid
 from types import TracebackType
 
-from redis.asyncio import Redis
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 
 from app.errors import ThreadBusy
+from app.persistence.plain import RedisClient
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ ABANDON_TIMEOUT_S = 1.0
 
 
 class ThreadLease:
-    def __init__(self, client: Redis, name: str, *, lease_s: float, wait_s: float,
+    def __init__(self, client: RedisClient, name: str, *, lease_s: float, wait_s: float,
                  retry_after_s: int = 2) -> None:
         self.name = name
         self.lease_s = lease_s

@@ -28,9 +28,12 @@ from langgraph.checkpoint.base import (
     get_checkpoint_id,
     get_checkpoint_metadata,
 )
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 THREAD_PREFIX = "agenthost:thread:"
+
+#: a single server's client or the cluster client: the service uses what both offer
+RedisClient = Redis | RedisCluster
 
 
 def thread_hash(thread_id: str) -> str:
@@ -38,7 +41,7 @@ def thread_hash(thread_id: str) -> str:
 
 
 class PlainRedisSaver(BaseCheckpointSaver[str]):
-    def __init__(self, client: Redis, *, ttl_s: int, refresh_on_read: bool = True) -> None:
+    def __init__(self, client: RedisClient, *, ttl_s: int, refresh_on_read: bool = True) -> None:
         super().__init__()
         self.client = client
         self.ttl_ms = ttl_s * 1000

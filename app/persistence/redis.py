@@ -13,19 +13,19 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.client import Pipeline
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redisvl.exceptions import RedisVLError
 
@@ -34,7 +34,7 @@ from app.errors import ConfigError, StorageUnavailable
 from app.observability.metrics import Metrics
 from app.persistence.base import Backend, thread_key
 from app.persistence.locks import ThreadLease
-from app.persistence.plain import THREAD_PREFIX, PlainRedisSaver
+from app.persistence.plain import THREAD_PREFIX, PlainRedisSaver, RedisClient
 from app.tenants.registry import TenantRegistry
 from app.tenants.store import RedisTenantStore, TenantStore
 from config.settings import Settings
@@ -51,6 +51,23 @@ PURGE_BATCH = 500
 def glob_escape(text: str) -> str:
     """``text`` matched literally in a SCAN MATCH pattern."""
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
+
+
+async def _is_cluster(url: str, timeout_s: float) -> bool:
+    """Whether the server at ``url`` runs in cluster mode (INFO cluster), asked once at
+    start; unreachable: a single server is assumed (set AGENTHOST_REDIS_CLUSTER to be
+    sure)."""
+    client: Redis = Redis.from_url(url, socket_timeout=timeout_s,
+                                   socket_connect_timeout=timeout_s)
+    try:
+        info = await client.info("cluster")
+    except (RedisError, OSError) as exc:
+        logger.warning("could not ask Redis at %s whether it is a cluster (%r); assuming "
+                       "a single server", redact_url(url), exc)
+        return False
+    finally:
+        await client.aclose()
+    return bool(info.get("cluster_enabled"))
 
 
 def redact_url(url: str) -> str:
@@ -191,7 +208,7 @@ def fresh_context_connections(base: type[AbstractConnection]) -> type[AbstractCo
 class RedisBackend(Backend):
     unavailable_errors = (RedisError, RedisVLError, OSError)
 
-    def __init__(self, saver: AsyncRedisSaver | PlainRedisSaver, client: Redis, where: str,
+    def __init__(self, saver: AsyncRedisSaver | PlainRedisSaver, client: RedisClient, where: str,
                  ttl_s: int, timeout_s: float, metrics: Metrics | None = None,
                  lease_s: float = 10.0) -> None:
         #: the module-free checkpointer (app/persistence/plain.py) rather than
@@ -216,6 +233,13 @@ class RedisBackend(Backend):
                    metrics: Metrics | None = None) -> AsyncIterator[RedisBackend]:
         assert settings.redis_url is not None
         url = settings.redis_url.get_secret_value()
+        cluster = settings.redis_cluster
+        if cluster is None:
+            cluster = await _is_cluster(url, settings.redis_timeout_s)
+        if cluster:
+            async with cls._open_cluster(settings, url, metrics) as backend:
+                yield backend
+            return
         where = redact_url(url)
         pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
             url,
@@ -274,12 +298,56 @@ class RedisBackend(Backend):
             await client.aclose()
             await pool.disconnect()
 
+    @classmethod
+    @asynccontextmanager
+    async def _open_cluster(cls, settings: Settings, url: str,
+                            metrics: Metrics | None) -> AsyncIterator[RedisBackend]:
+        """Redis Cluster: redis-py's cluster client (slots followed, MOVED handled), the
+        plain checkpointer (one hash per thread, a hash tag per thread), and keys of one
+        thread, or of the tenant store, in one slot."""
+        where = f"{redact_url(url)} (cluster)"
+        if settings.redis_checkpointer == "langgraph":
+            raise ConfigError(f"Redis at {where} is a cluster: langgraph-checkpoint-redis "
+                              "needs RediSearch over the whole keyspace; set "
+                              "AGENTHOST_REDIS_CHECKPOINTER=plain or auto")
+        client = RedisCluster.from_url(
+            url,
+            max_connections=settings.redis_max_connections,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[RedisConnectionError],
+            health_check_interval=5,
+        )
+        # Connections opened outside the turn's context, as in the single-server pool:
+        # the nodes found later are built from these public connection kwargs.
+        fresh = cast(type[Connection], fresh_context_connections(Connection))
+        client.connection_kwargs["connection_class"] = fresh
+        for node in client.startup_nodes:
+            node.connection_class = fresh
+        try:
+            saver = PlainRedisSaver(client, ttl_s=settings.history_ttl_s,
+                                    refresh_on_read=settings.history_refresh_on_read)
+            backend = cls(saver, client, where, settings.history_ttl_s,
+                          settings.redis_timeout_s, metrics, settings.thread_lease_s)
+            try:
+                await backend._set_up()
+            except (RedisConnectionError, RedisTimeoutError, RedisClusterException,
+                    OSError) as exc:
+                backend._needs_setup = True
+                logger.warning("Redis Cluster at %s is unreachable at start (%r): serving "
+                               "503 storage_unavailable until it is back", where, exc)
+            yield backend
+        finally:
+            await client.aclose()
+
     async def _set_up(self) -> None:
         """Check the modules and create the search indexes (idempotent)."""
         if isinstance(self.checkpointer, PlainRedisSaver):
             await self.client.ping()  # nothing to set up: reachable is enough
         else:
             if not self._modules_found:
+                assert isinstance(self.client, Redis)  # never the cluster client
                 await _require_modules(self.client, self._where)
             await self.checkpointer.asetup()
         self._needs_setup = False
@@ -317,7 +385,7 @@ class RedisBackend(Backend):
                     return
                 if isinstance(self.checkpointer, PlainRedisSaver):
                     return  # no indexes to lose
-                indexes = await self.client.execute_command("FT._LIST")  # type: ignore[no-untyped-call]
+                indexes = await self.client.execute_command("FT._LIST")
                 names = {i.decode() if isinstance(i, bytes) else str(i) for i in indexes}
                 if not {"checkpoint", "checkpoint_write"} <= names:
                     await self.checkpointer.asetup()
@@ -339,6 +407,8 @@ class RedisBackend(Backend):
             # (one per thread, counted), then every other key of those threads
             patterns = ((f"{THREAD_PREFIX}{{{prefix}*",) if self.plain
                         else (f"checkpoint_latest:{prefix}*", f"*:{prefix}*"))
+            # and its rate-limit window (the limits library's key: LIMITER/<tenant>/...)
+            patterns += (f"agenthost:rate*/{glob_escape(tenant_id)}/*",)
             for pattern in patterns:
                 batch: list[bytes] = []
                 async for key in self.client.scan_iter(match=pattern, count=PURGE_BATCH):
@@ -357,9 +427,10 @@ class RedisBackend(Backend):
         return removed if counted else 0
 
     async def unavailable(self, exc: BaseException, during: str) -> StorageUnavailable:
-        if isinstance(exc, RedisConnectionError | OSError):
+        if isinstance(exc, RedisConnectionError | OSError) and isinstance(self.client, Redis):
             # The other idle connections most likely died the same way: drop them all
-            # now rather than let each fail one more request.
+            # now rather than let each fail one more request. (The cluster client drops
+            # a node's connections itself when the node fails.)
             await self.client.connection_pool.disconnect(inuse_connections=False)
         return await super().unavailable(exc, during)
 

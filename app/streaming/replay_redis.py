@@ -25,11 +25,11 @@ import asyncio
 import logging
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from app.errors import NothingToRejoin, ReplayGone, TooManyStreams
 from app.persistence.base import thread_key
+from app.persistence.plain import RedisClient
 from app.persistence.redis import glob_escape
 from app.streaming import events
 from app.streaming.replay import LOST, Position, Replay, Replayed, TurnRecorder, next_turn
@@ -81,7 +81,7 @@ class _RedisRecorder(TurnRecorder):
 class RedisReplay(Replay):
     enabled = True
 
-    def __init__(self, client: Redis, replay_s: float, max_events: int, live_s: float,
+    def __init__(self, client: RedisClient, replay_s: float, max_events: int, live_s: float,
                  block_s: float, max_readers: int) -> None:
         self.client = client
         self.replay_ms = max(1, int(replay_s * 1000))

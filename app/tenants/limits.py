@@ -21,14 +21,16 @@ import time
 import uuid
 from collections import defaultdict
 from typing import Any
+from urllib.parse import urlsplit
 
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, RedisStorage
+from limits.aio.storage import MemoryStorage, RedisClusterStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
 from app.errors import RateLimited, StorageUnavailable
+from app.persistence.plain import RedisClient
 from app.tenants.registry import TenantConfig
 from config.settings import Settings
 
@@ -65,16 +67,25 @@ class Slot:
 
 
 class TenantLimiter:
-    def __init__(self, settings: Settings, client: Redis | None = None) -> None:
+    def __init__(self, settings: Settings, client: RedisClient | None = None) -> None:
         self._per_minute = settings.tenant_turns_per_minute
         self._concurrent = settings.tenant_concurrent_turns
         self._deadline_s = settings.turn_timeout_s + settings.thread_wait_s + 30
         self._client = client
-        # The redis-py bridge takes the service's own pool (its typing says otherwise).
-        storage: Any = (RedisStorage("async+redis://", implementation="redispy",
-                                     connection_pool=client.connection_pool,  # type: ignore[arg-type]
-                                     key_prefix="agenthost:rate")
-                        if client is not None else MemoryStorage())
+        storage: Any
+        if isinstance(client, RedisCluster):
+            # The cluster bridge builds its own cluster client from the address.
+            assert settings.redis_url is not None
+            address = urlsplit(settings.redis_url.get_secret_value()).netloc
+            storage = RedisClusterStorage(f"async+redis+cluster://{address}",
+                                          implementation="redispy", key_prefix="agenthost:rate")
+        elif client is not None:
+            # The redis-py bridge takes the service's own pool (its typing says otherwise).
+            storage = RedisStorage("async+redis://", implementation="redispy",
+                                   connection_pool=client.connection_pool,  # type: ignore[arg-type]
+                                   key_prefix="agenthost:rate")
+        else:
+            storage = MemoryStorage()
         self._window = MovingWindowRateLimiter(storage)
         self._admit_script = client.register_script(_ADMIT) if client is not None else None
         self._running: defaultdict[str, int] = defaultdict(int)

@@ -16,10 +16,11 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 
 from pydantic import ValidationError
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
 from app.errors import ConfigError
+from app.persistence.plain import RedisClient
 from app.tenants.registry import TenantConfig, TenantRegistry, parse_tenants
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,9 @@ HASH_KEY = "agenthost:tenants"
 VERSION_KEY = "agenthost:tenants:version"
 SEEDED_KEY = "agenthost:tenants:seeded"
 CHANNEL = "agenthost:tenants:changed"
+# On Redis Cluster the three keys share a hash tag: read and changed together, in one slot.
+CLUSTER_KEYS = ("{agenthost:tenants}", "{agenthost:tenants}:version",
+                "{agenthost:tenants}:seeded")
 
 OnChange = Callable[[str], None]
 
@@ -80,11 +84,15 @@ class TenantStore:
 class RedisTenantStore(TenantStore):
     description = "Redis (shared by every worker and replica)"
 
-    def __init__(self, registry: TenantRegistry, known_tools: Iterable[str], client: Redis,
+    def __init__(self, registry: TenantRegistry, known_tools: Iterable[str], client: RedisClient,
                  sync_interval_s: float) -> None:
         super().__init__(registry, known_tools)
         self.client = client
         self.sync_interval_s = sync_interval_s
+        self.cluster = isinstance(client, RedisCluster)
+        keys: tuple[str, str, str] = (CLUSTER_KEYS if self.cluster
+                                      else (HASH_KEY, VERSION_KEY, SEEDED_KEY))
+        self.hash_key, self.version_key, self.seeded_key = keys
         self._version: int | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._file_tenants: Mapping[str, TenantConfig] = {}
@@ -100,12 +108,12 @@ class RedisTenantStore(TenantStore):
 
     async def _seed(self) -> None:
         """Seed Redis from the file if it was never seeded (first start, or Redis wiped)."""
-        if await self.client.set(SEEDED_KEY, "1", nx=True):
+        if await self.client.set(self.seeded_key, "1", nx=True):
             if self._file_tenants:
-                await self.client.hset(HASH_KEY, mapping={
+                await self.client.hset(self.hash_key, mapping={
                     tid: config.model_dump_json() for tid, config in self._file_tenants.items()
                 })
-            await self.client.incr(VERSION_KEY)
+            await self.client.incr(self.version_key)
             logger.info("seeded %d tenants from the tenants file into Redis",
                         len(self._file_tenants))
 
@@ -130,8 +138,8 @@ class RedisTenantStore(TenantStore):
                            "API to change tenants)", stale[:10])
 
     async def _reload(self) -> None:
-        version = int(await self.client.get(VERSION_KEY) or 0)
-        raw = await self.client.hgetall(HASH_KEY)
+        version = int(await self.client.get(self.version_key) or 0)
+        raw = await self.client.hgetall(self.hash_key)
         loaded: dict[str, TenantConfig] = {}
         for key, value in raw.items():
             tenant_id = key.decode() if isinstance(key, bytes) else key
@@ -151,22 +159,26 @@ class RedisTenantStore(TenantStore):
             self._version = version
 
     async def _publish(self, tenant_id: str) -> None:
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.incr(VERSION_KEY)
-            pipe.publish(CHANNEL, tenant_id)
-            version, _ = await pipe.execute()
+        if self.cluster:  # a cluster transaction cannot hold a PUBLISH
+            version = await self.client.incr(self.version_key)
+            await self.client.publish(CHANNEL, tenant_id)
+        else:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.incr(self.version_key)
+                pipe.publish(CHANNEL, tenant_id)
+                version, _ = await pipe.execute()
         self._advance(int(version))
 
     async def put(self, tenant_id: str, config: TenantConfig) -> bool:
         self.validate(tenant_id, config)
-        created = bool(await self.client.hset(HASH_KEY, tenant_id, config.model_dump_json()))
+        created = bool(await self.client.hset(self.hash_key, tenant_id, config.model_dump_json()))
         await self._publish(tenant_id)
         self.registry.put(tenant_id, config)
         self._changed(tenant_id)
         return created
 
     async def delete(self, tenant_id: str) -> bool:
-        existed = bool(await self.client.hdel(HASH_KEY, tenant_id))
+        existed = bool(await self.client.hdel(self.hash_key, tenant_id))
         if existed:
             await self._publish(tenant_id)
         if self.registry.remove(tenant_id) or existed:
@@ -175,8 +187,8 @@ class RedisTenantStore(TenantStore):
 
     async def _apply(self, tenant_id: str) -> None:
         async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hget(HASH_KEY, tenant_id)
-            pipe.get(VERSION_KEY)
+            pipe.hget(self.hash_key, tenant_id)
+            pipe.get(self.version_key)
             raw, version = await pipe.execute()
         config = self._parse(tenant_id, raw) if raw is not None else None
         current = self.registry.get(tenant_id)
@@ -213,7 +225,7 @@ class RedisTenantStore(TenantStore):
         while True:
             await asyncio.sleep(self.sync_interval_s)
             try:
-                version = int(await self.client.get(VERSION_KEY) or 0)
+                version = int(await self.client.get(self.version_key) or 0)
                 if version != self._version:
                     await self._seed()
                     await self._reload()

