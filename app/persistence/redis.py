@@ -405,7 +405,7 @@ class RedisBackend(Backend):
         async with self.guard():
             # thread keys end "<kind>:<tenant>/<thread>:...": the latest pointers first
             # (one per thread, counted), then every other key of those threads
-            patterns = ((f"{THREAD_PREFIX}{{{prefix}*",) if self.plain
+            patterns: tuple[str, ...] = ((f"{THREAD_PREFIX}{{{prefix}*",) if self.plain
                         else (f"checkpoint_latest:{prefix}*", f"*:{prefix}*"))
             # and its rate-limit window (the limits library's key: LIMITER/<tenant>/...)
             patterns += (f"agenthost:rate*/{glob_escape(tenant_id)}/*",)
