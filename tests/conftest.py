@@ -22,6 +22,7 @@ from app.memory.governor import Meter
 from config.settings import Settings
 from tests.servers.processes import (
     ManagedProcess,
+    RedisCluster,
     free_port,
     start_mcp_server,
     start_mock_openai,
@@ -77,6 +78,20 @@ def redis_url(redis_server: ManagedProcess) -> str:
     with redis.Redis.from_url(url) as client:
         client.flushall()
     return url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A 3-node Redis Cluster (Redis 8.2, no modules)."""
+    cluster = RedisCluster(3)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisCluster) -> str:
+    redis_cluster.flushall()
+    return redis_cluster.url
 
 
 class MockLLM:

@@ -14,7 +14,7 @@ async def test_lifespan_builds_state_and_registers_the_sweeps(
     async with app.router.lifespan_context(app):
         state: AppState = app.state.agenthost
         assert sorted(await state.janitor.run_once()) == [
-            "agent_cache", "memory", "memory_threads", "streams", "stuck_sends"
+            "agent_cache", "memory", "memory_threads", "stream_replay", "streams", "stuck_sends"
         ]
         # the embedded store's byte budget is a quarter of the memory limit
         assert state.backend.stats()["max_bytes"] == state.governor.limit.bytes // 4

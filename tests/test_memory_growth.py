@@ -174,6 +174,8 @@ async def live_objects() -> dict[str, int]:
     ("memory", "openai"), ("memory", "openai-sse"),
     # streams dropped and rejoined (GET .../stream): kept in the worker, or in Redis
     ("memory", "sse-rejoin"), ("plain-redis", "sse-rejoin"),
+    # Redis Cluster: the cluster client, its connections per node
+    ("cluster", "json"), ("cluster", "sse"),
 ])
 async def test_finished_threads_leave_nothing_behind(
     backend: str, route: str, request: pytest.FixtureRequest, make_settings: SettingsFactory,
@@ -187,7 +189,10 @@ async def test_finished_threads_leave_nothing_behind(
                                     # is ~35 KB of transient buffers, noise here. Its own
                                     # state is bounded (tests/memory/).
                                     "memory_sample_s": 3600}
-    if backend in ("redis", "plain-redis"):
+    if backend == "cluster":
+        overrides["redis_url"] = request.getfixturevalue("cluster_url")
+        overrides["redis_cluster"] = True
+    elif backend in ("redis", "plain-redis"):
         overrides["redis_url"] = request.getfixturevalue("redis_url")
         overrides["redis_checkpointer"] = "plain" if backend == "plain-redis" else "langgraph"
     else:
