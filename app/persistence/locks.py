@@ -9,22 +9,26 @@ turn on it waited out its timeout. Here:
 - it is taken with a token of ours, and released only by compare-and-delete of that
   token (redis-py's ``Lock`` does both); when taking it fails, the token is deleted the
   same way, best effort, in case Redis applied the request after all;
-- waiting for it is bounded (``wait_s``; 0: do not wait): then ``ThreadBusy`` (409).
+- waiting for it is bounded (``wait_s``; 0: do not wait): then ``ThreadBusy`` (409);
+- with the plain checkpointer, taking it also reads the thread's checkpoint, in the same
+  round trip (the turn's first read then needs none of its own).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import uuid
 from types import TracebackType
+from typing import Any
 
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 
 from app.errors import ThreadBusy
-from app.persistence.plain import RedisClient
+from app.persistence.plain import PREFETCHED, PlainRedisSaver, Prefetched, RedisClient
 
 logger = logging.getLogger(__name__)
 
@@ -32,17 +36,46 @@ logger = logging.getLogger(__name__)
 ABANDON_TIMEOUT_S = 1.0
 
 
+class _PrefetchingLock(Lock):
+    """redis-py's lock, which reads the thread's checkpoint in the round trip that takes
+    it (the plain checkpointer): a turn's first read costs no round trip of its own."""
+
+    def __init__(self, client: RedisClient, name: str, saver: PlainRedisSaver,
+                 thread_id: str, **options: Any) -> None:
+        super().__init__(client, name, **options)
+        self.saver = saver
+        self.thread_id = thread_id
+
+    async def do_acquire(self, token: str | bytes) -> bool:
+        timeout = int(self.timeout * 1000) if self.timeout else None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(self.name, token, nx=True, px=timeout)
+            self.saver.queue_read(pipe, self.thread_id)
+            replies = await pipe.execute()
+        if not replies[0]:
+            return False
+        PREFETCHED.set(Prefetched(self.thread_id, replies[1]))
+        return True
+
+
 class ThreadLease:
     def __init__(self, client: RedisClient, name: str, *, lease_s: float, wait_s: float,
-                 retry_after_s: int = 2) -> None:
+                 retry_after_s: int = 2, prefetch: PlainRedisSaver | None = None,
+                 thread_id: str = "") -> None:
         self.name = name
         self.lease_s = lease_s
         self.wait_s = wait_s
         self.retry_after_s = retry_after_s
         self.token = uuid.uuid4().hex.encode()
-        self.lock = Lock(client, name, timeout=lease_s, sleep=0.05, blocking=wait_s > 0,
-                         blocking_timeout=wait_s if wait_s > 0 else None,
-                         thread_local=False, raise_on_release_error=False)
+        options: dict[str, Any] = {
+            "timeout": lease_s, "sleep": 0.05, "blocking": wait_s > 0,
+            "blocking_timeout": wait_s if wait_s > 0 else None, "thread_local": False,
+            "raise_on_release_error": False}
+        self.lock = (Lock(client, name, **options) if prefetch is None
+                     else _PrefetchingLock(client, name, prefetch, thread_id, **options))
+        # Most turns end well within a third of the lease: the renewing task is only
+        # started when that much has passed (a timer costs less than a task per turn).
+        self._timer: asyncio.TimerHandle | None = None
         self._renewer: asyncio.Task[None] | None = None
         #: set when a renewal found the lease gone (another holder may have it now)
         self.lost = False
@@ -58,11 +91,21 @@ class ThreadLease:
                 "another turn is running on this thread" + (
                     f" and did not end within {self.wait_s:g}s" if self.wait_s > 0 else ""),
                 headers={"Retry-After": str(self.retry_after_s)})
-        self._renewer = asyncio.create_task(self._renew(), name=f"lease {self.name}")
+        self._timer = asyncio.get_running_loop().call_later(self.lease_s / 3,
+                                                            self._start_renewing)
         return self
+
+    def _start_renewing(self) -> None:
+        self._timer = None
+        self._renewer = asyncio.get_running_loop().create_task(
+            self._renew(), name=f"lease {self.name}", context=contextvars.Context())
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
+        PREFETCHED.set(None)  # unused (the turn failed before reading): never kept
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -78,7 +121,6 @@ class ThreadLease:
 
     async def _renew(self) -> None:
         while True:
-            await asyncio.sleep(self.lease_s / 3)
             try:
                 await self.lock.do_reacquire()
             except LockError:
@@ -87,6 +129,7 @@ class ThreadLease:
                 return
             except (RedisError, OSError, TimeoutError) as error:
                 logger.warning("could not renew %s (%r); trying again", self.name, error)
+            await asyncio.sleep(self.lease_s / 3)
 
     async def _abandon(self) -> None:
         """Delete our token if Redis applied the request we gave up on (best effort)."""

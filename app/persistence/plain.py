@@ -14,6 +14,7 @@ langgraph-checkpoint-redis, nor the other way round.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import ormsgpack
@@ -34,6 +35,26 @@ THREAD_PREFIX = "agenthost:thread:"
 
 #: a single server's client or the cluster client: the service uses what both offer
 RedisClient = Redis | RedisCluster
+
+class Prefetched:
+    """A checkpoint read together with the thread's lease (locks.py), for the turn's own
+    first read, and for it only: taken once, from whichever task the graph reads in."""
+
+    __slots__ = ("reply", "thread_id")
+
+    def __init__(self, thread_id: str, reply: list[Any]) -> None:
+        self.thread_id = thread_id
+        self.reply: list[Any] | None = reply
+
+    def take(self, thread_id: str) -> list[Any] | None:
+        if thread_id != self.thread_id:
+            return None
+        reply, self.reply = self.reply, None
+        return reply
+
+
+#: set by the lease when it is taken, cleared when it is released
+PREFETCHED: ContextVar[Prefetched | None] = ContextVar("agenthost_prefetched", default=None)
 
 
 def thread_hash(thread_id: str) -> str:
@@ -56,16 +77,32 @@ class PlainRedisSaver(BaseCheckpointSaver[str]):
 
     # --- the async API the service uses ---
 
+    def queue_read(self, pipe: Any, thread_id: str, ns: str = "") -> None:
+        """Queue the read of a thread's latest checkpoint on ``pipe`` (one reply: its
+        HMGET; the PEXPIRE's reply comes after it)."""
+        key = thread_hash(thread_id)
+        pipe.hmget(key, [f"ckpt:{ns}", f"writes:{ns}"])
+        if self.refresh_on_read:
+            pipe.pexpire(key, self.ttl_ms)
+
+    @property
+    def read_replies(self) -> int:
+        return 2 if self.refresh_on_read else 1
+
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread_id: str = config["configurable"]["thread_id"]
         ns: str = config["configurable"].get("checkpoint_ns", "")
-        key = thread_hash(thread_id)
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hmget(key, [f"ckpt:{ns}", f"writes:{ns}"])
-            if self.refresh_on_read:
-                pipe.pexpire(key, self.ttl_ms)
-            replies = await pipe.execute()
-        saved, writes = replies[0]
+        prefetched = PREFETCHED.get()
+        read = prefetched.take(thread_id) if prefetched is not None and ns == "" else None
+        if read is not None:
+            # read with the thread's lease, in the same round trip (locks.py); the lease
+            # holder is the only writer, so it is still the latest
+            saved, writes = read
+        else:
+            async with self.client.pipeline(transaction=False) as pipe:
+                self.queue_read(pipe, thread_id, ns)
+                replies = await pipe.execute()
+            saved, writes = replies[0]
         if saved is None:
             return None
         checkpoint_id, parent_id, checkpoint, metadata = ormsgpack.unpackb(saved)

@@ -355,8 +355,12 @@ class RedisBackend(Backend):
     def thread_lock(self, key: str, wait_s: float) -> AbstractAsyncContextManager[Any]:
         """A Redis lease on the thread, so replicas sharing this Redis never interleave
         turns on it; safe against Redis stalls (app/persistence/locks.py)."""
-        return ThreadLease(self.client, f"{LOCK_PREFIX}{key}", lease_s=self._lease_s,
-                           wait_s=wait_s)
+        # One hash tag with the thread's hash: on Redis Cluster, one node serves both.
+        return ThreadLease(self.client, f"{LOCK_PREFIX}{{{key}}}", lease_s=self._lease_s,
+                           wait_s=wait_s, thread_id=key,
+                           prefetch=(self.checkpointer
+                                     if isinstance(self.checkpointer, PlainRedisSaver)
+                                     else None))
 
     async def after_turn(self, key: str) -> None:
         if isinstance(self.checkpointer, AsyncRedisSaver):  # the plain one keeps one only

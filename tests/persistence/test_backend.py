@@ -24,11 +24,12 @@ from app.tenants.store import RedisTenantStore, TenantStore
 from config.settings import Settings
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "plain-redis"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     overrides: dict[str, object] = {}
-    if request.param == "redis":
+    if request.param in ("redis", "plain-redis"):
         overrides["redis_url"] = request.getfixturevalue("redis_url")
+        overrides["redis_checkpointer"] = "plain" if request.param == "plain-redis" else "auto"
     async with open_backend(Settings(**overrides)) as store:  # type: ignore[arg-type]
         yield store
 
@@ -68,7 +69,10 @@ class Turns:
 
     async def turn(self, key: str, text: str, fail_after_save: bool = False) -> None:
         message = HumanMessage(text, id=str(uuid.uuid4()))
-        async with self.store.unit_of_work(self.graph, key, message.id or ""):
+        # as the runner holds them: the thread's lock (with the plain checkpointer, the
+        # read that comes with it must serve the turn's first read only, never the undo's)
+        async with (self.store.thread_lock(key, 1.0),
+                    self.store.unit_of_work(self.graph, key, message.id or "")):
             await self.graph.ainvoke({"messages": [message]}, thread_config(key),
                                      context=TurnContext(self.agent), durability="exit")
             if fail_after_save:
@@ -119,3 +123,28 @@ async def test_undo_while_storage_is_down_is_bounded_and_the_turns_error_wins(
         async with backend.unit_of_work(BrokenGraph(hang), thread_key("t", "down"), "h1"):
             raise RuntimeError("the turn's own error")
     assert "could not undo the failed turn" in caplog.text
+
+
+async def test_with_the_plain_checkpointer_the_lease_brings_the_first_read(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings(redis_url=redis_url, redis_checkpointer="plain")  # type: ignore[arg-type]
+    async with open_backend(settings) as store:
+        assert isinstance(store, RedisBackend)
+        turns = Turns(store)
+        key = thread_key("ten", "prefetch")
+        await turns.turn(key, "hello")
+        pipelines: list[int] = []
+        real = store.client.pipeline
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            pipelines.append(1)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(store.client, "pipeline", counted)
+        await turns.turn(key, "again")
+        # the lease with the checkpoint read, then the save: no round trip for the read
+        assert len(pipelines) == 2
+        messages = await store.messages(key)
+        assert messages is not None and [m.content for m in messages if m.type == "human"] \
+            == ["hello", "again"]

@@ -16,7 +16,7 @@ from app.errors import ThreadBusy
 from app.persistence.locks import ThreadLease
 from tests.servers.processes import ManagedProcess, start_redis
 
-NAME = "agenthost:turn-lock:acme:t1"
+NAME = "agenthost:turn-lock:{acme:t1}"
 
 
 @pytest.fixture(scope="module")
