@@ -9,7 +9,7 @@ Variants, all with the offline model so that persistence is what is measured:
   every checkpoint kept, no history cap), for comparison;
 - ``redis-module-free``: RedisBackend with the module-free PlainRedisSaver
   (``AGENTHOST_REDIS_CHECKPOINTER=plain``), same runner.
-Times are medians over a window of turns around each mark. Without ``--redis-url`` it
+Times are medians over a window of 21 turns around each mark (fewer at turn 1). Without ``--redis-url`` it
 starts its own Redis 8 (the test one) and stops it at the end. Prints figures; asserts
 nothing.
 """
@@ -39,7 +39,7 @@ from app.turns.runner import TurnRunner
 from config.settings import Settings
 
 MARKS = (1, 10, 100, 1000)
-WINDOW = 5
+WINDOW = 21
 TEXT = "I would like to book a cleaning next Tuesday afternoon, ideally after 3 pm. " * 2
 
 
