@@ -11,7 +11,9 @@ turn on it waited out its timeout. Here:
   same way, best effort, in case Redis applied the request after all;
 - waiting for it is bounded (``wait_s``; 0: do not wait): then ``ThreadBusy`` (409);
 - with the plain checkpointer, taking it also reads the thread's checkpoint, in the same
-  round trip (the turn's first read then needs none of its own).
+  round trip (the turn's first read then needs none of its own), and releasing it also
+  writes the turn's save (held till then: plain.py ``LeaseHeld``): a turn is two round
+  trips.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, RedisError
 
 from app.errors import ThreadBusy
-from app.persistence.plain import PREFETCHED, PlainRedisSaver, Prefetched, RedisClient
+from app.persistence.plain import HELD, LeaseHeld, PlainRedisSaver, RedisClient
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class _PrefetchingLock(Lock):
             replies = await pipe.execute()
         if not replies[0]:
             return False
-        PREFETCHED.set(Prefetched(self.thread_id, replies[1]))
+        HELD.set(LeaseHeld(self.thread_id, replies[1]))
         return True
 
 
@@ -102,7 +104,8 @@ class ThreadLease:
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        PREFETCHED.set(None)  # unused (the turn failed before reading): never kept
+        held = HELD.get()
+        HELD.set(None)  # whatever the turn did not use is never kept
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -111,6 +114,9 @@ class ThreadLease:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
             self._renewer = None
+        if held is not None and held.save is not None:
+            await self._save_and_release(held.save, exc)
+            return
         try:
             await self.lock.do_release(self.token)
         except LockError:
@@ -118,6 +124,24 @@ class ThreadLease:
         except (RedisError, OSError, TimeoutError) as error:
             logger.warning("could not release %s (%r); it lapses within %gs", self.name,
                            error, self.lease_s)
+
+    async def _save_and_release(self, save: bytes, failure: BaseException | None) -> None:
+        """The turn's save and the release, in one round trip, as one transaction (the
+        lease and the thread share a hash tag: one slot on a cluster). When it fails
+        nothing of the turn is stored: the thread is as it was before it (a turn that had
+        succeeded fails with the storage error; one that had failed keeps its own error)
+        -- unless the connection broke after Redis had run it, which no client can tell."""
+        assert isinstance(self.lock, _PrefetchingLock)
+        try:
+            async with self.lock.redis.pipeline(transaction=True) as pipe:
+                self.lock.saver.queue_save(pipe, self.lock.thread_id, save)
+                pipe.eval(Lock.LUA_RELEASE_SCRIPT, 1, self.name, self.token)
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as error:
+            if failure is None:
+                raise
+            logger.warning("could not store the undoing of %s (%r); nothing of the turn "
+                           "was stored", self.name, error)
 
     async def _renew(self) -> None:
         while True:

@@ -36,25 +36,33 @@ THREAD_PREFIX = "agenthost:thread:"
 #: a single server's client or the cluster client: the service uses what both offer
 RedisClient = Redis | RedisCluster
 
-class Prefetched:
-    """A checkpoint read together with the thread's lease (locks.py), for the turn's own
-    first read, and for it only: taken once, from whichever task the graph reads in."""
+class LeaseHeld:
+    """What the thread's lease (locks.py) does for the turn that holds it: the checkpoint
+    read in the round trip that took it, for the turn's first read only (taken once, from
+    whichever task the graph reads in), and the turn's save, held until the lease is
+    released so that both go in one round trip. Reads see the held save."""
 
-    __slots__ = ("reply", "thread_id")
+    __slots__ = ("read", "save", "thread_id")
 
-    def __init__(self, thread_id: str, reply: list[Any]) -> None:
+    def __init__(self, thread_id: str, read: list[Any]) -> None:
         self.thread_id = thread_id
-        self.reply: list[Any] | None = reply
+        self.read: list[Any] | None = read
+        self.save: bytes | None = None
 
-    def take(self, thread_id: str) -> list[Any] | None:
-        if thread_id != self.thread_id:
-            return None
-        reply, self.reply = self.reply, None
-        return reply
+    def take_read(self) -> list[Any] | None:
+        read, self.read = self.read, None
+        return read
 
 
 #: set by the lease when it is taken, cleared when it is released
-PREFETCHED: ContextVar[Prefetched | None] = ContextVar("agenthost_prefetched", default=None)
+HELD: ContextVar[LeaseHeld | None] = ContextVar("agenthost_lease_held", default=None)
+
+
+def held_for(thread_id: str, ns: str) -> LeaseHeld | None:
+    """The lease's view of this thread, when this task holds it (the default namespace
+    only: the service's graphs have no subgraphs)."""
+    held = HELD.get()
+    return held if held is not None and held.thread_id == thread_id and ns == "" else None
 
 
 def thread_hash(thread_id: str) -> str:
@@ -92,9 +100,11 @@ class PlainRedisSaver(BaseCheckpointSaver[str]):
     async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         thread_id: str = config["configurable"]["thread_id"]
         ns: str = config["configurable"].get("checkpoint_ns", "")
-        prefetched = PREFETCHED.get()
-        read = prefetched.take(thread_id) if prefetched is not None and ns == "" else None
-        if read is not None:
+        held = held_for(thread_id, ns)
+        read = held.take_read() if held is not None else None
+        if held is not None and held.save is not None:
+            saved, writes = held.save, None  # this turn's save, not sent yet
+        elif read is not None:
             # read with the thread's lease, in the same round trip (locks.py); the lease
             # holder is the only writer, so it is still the latest
             saved, writes = read
@@ -171,14 +181,22 @@ class PlainRedisSaver(BaseCheckpointSaver[str]):
             checkpoint["id"], config["configurable"].get("checkpoint_id"),
             self._pack(checkpoint), self._pack(get_checkpoint_metadata(config, metadata)),
         ])
-        key = thread_hash(thread_id)
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.hset(key, f"ckpt:{ns}", packed)
-            pipe.hdel(key, f"writes:{ns}")  # they belonged to the checkpoint it replaces
-            pipe.pexpire(key, self.ttl_ms)
-            await pipe.execute()
+        held = held_for(thread_id, ns)
+        if held is not None:
+            held.save = packed  # sent with the lease's release
+        else:
+            async with self.client.pipeline(transaction=False) as pipe:
+                self.queue_save(pipe, thread_id, packed, ns)
+                await pipe.execute()
         return {"configurable": {"thread_id": thread_id, "checkpoint_ns": ns,
                                  "checkpoint_id": checkpoint["id"]}}
+
+    def queue_save(self, pipe: Any, thread_id: str, packed: bytes, ns: str = "") -> None:
+        """Queue the save of a thread's checkpoint on ``pipe`` (three replies)."""
+        key = thread_hash(thread_id)
+        pipe.hset(key, f"ckpt:{ns}", packed)
+        pipe.hdel(key, f"writes:{ns}")  # they belonged to the checkpoint it replaces
+        pipe.pexpire(key, self.ttl_ms)
 
     async def aput_writes(
         self,
@@ -193,6 +211,12 @@ class PlainRedisSaver(BaseCheckpointSaver[str]):
         ns: str = config["configurable"].get("checkpoint_ns", "")
         checkpoint_id: str = config["configurable"]["checkpoint_id"]
         key = thread_hash(thread_id)
+        held = held_for(thread_id, ns)
+        if held is not None and held.save is not None:  # the writes' checkpoint goes first
+            save, held.save = held.save, None
+            async with self.client.pipeline(transaction=False) as pipe:
+                self.queue_save(pipe, thread_id, save, ns)
+                await pipe.execute()
         current = await self.client.hget(key, f"writes:{ns}")
         stored: list[Any] = [checkpoint_id, []]
         if isinstance(current, bytes):
@@ -212,6 +236,9 @@ class PlainRedisSaver(BaseCheckpointSaver[str]):
             await pipe.execute()
 
     async def adelete_thread(self, thread_id: str) -> None:
+        held = held_for(thread_id, "")
+        if held is not None:
+            held.save = None
         await self.client.delete(thread_hash(thread_id))
 
     # --- the sync API: the service runs graphs asynchronously only ---

@@ -10,7 +10,8 @@ that holds event ``after + 1``, and ``MINID`` trims the stream to the last
 plus that while it runs).
 
 Writes are off the turns' path: a recorder collects its turn's events, and one writer
-task per worker writes what every turn has gathered each ``FLUSH_S``, in one pipelined
+task per worker writes what every turn has gathered each ``FLUSH_S`` (at once when a turn
+has its first events), in one pipelined
 round trip (an XADD per turn; a turn's first and last write also set its keys' TTLs), so
 the cost per token is a list append. A Redis failure there is logged and ends the replay
 of those turns, never the turns. A rejoin reads with ``XRANGE`` then blocks on
@@ -95,6 +96,7 @@ class RedisReplay(Replay):
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._urgent = False
         self.writes = 0
 
     def begin(self, key: str) -> TurnRecorder:
@@ -102,6 +104,10 @@ class RedisReplay(Replay):
 
     def dirty(self, recorder: _RedisRecorder) -> None:
         self._dirty[recorder] = None
+        if not recorder.written:
+            # a new turn's first events go out at once: until then, a rejoin of the
+            # thread cannot find the turn
+            self._urgent = True
         self._wake.set()
         if self._writer is None and not self._closing:
             self._writer = asyncio.get_running_loop().create_task(self._write_loop())
@@ -109,8 +115,8 @@ class RedisReplay(Replay):
     async def _write_loop(self) -> None:
         while not self._closing:
             await self._wake.wait()
-            if not self._closing:  # what comes meanwhile goes in the same round trip
-                await asyncio.sleep(FLUSH_S)
+            if not (self._closing or self._urgent):
+                await asyncio.sleep(FLUSH_S)  # what comes meanwhile goes in the same write
             try:
                 await self.flush()
             except Exception:  # never let one bad write stop the replay of every turn
@@ -119,6 +125,7 @@ class RedisReplay(Replay):
     async def flush(self) -> None:
         """Everything recorded so far, every turn's, in one pipelined round trip."""
         self._wake.clear()
+        self._urgent = False
         recorders, self._dirty = list(self._dirty), {}
         if not recorders:
             return

@@ -125,7 +125,7 @@ async def test_undo_while_storage_is_down_is_bounded_and_the_turns_error_wins(
     assert "could not undo the failed turn" in caplog.text
 
 
-async def test_with_the_plain_checkpointer_the_lease_brings_the_first_read(
+async def test_with_the_plain_checkpointer_a_turn_is_two_round_trips(
     redis_url: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = Settings(redis_url=redis_url, redis_checkpointer="plain")  # type: ignore[arg-type]
@@ -141,10 +141,34 @@ async def test_with_the_plain_checkpointer_the_lease_brings_the_first_read(
             pipelines.append(1)
             return real(*args, **kwargs)
 
+        commands: list[Any] = []
+        real_command = store.client.execute_command
+
+        async def command(*args: Any, **kwargs: Any) -> Any:
+            commands.append(args[0])
+            return await real_command(*args, **kwargs)
+
         monkeypatch.setattr(store.client, "pipeline", counted)
+        monkeypatch.setattr(store.client, "execute_command", command)
         await turns.turn(key, "again")
-        # the lease with the checkpoint read, then the save: no round trip for the read
-        assert len(pipelines) == 2
+        # two round trips: the lease with the checkpoint read; the save with the release
+        assert len(pipelines) == 2 and commands == []
+        monkeypatch.undo()
+        messages = await store.messages(key)
+        assert messages is not None and [m.content for m in messages if m.type == "human"] \
+            == ["hello", "again"]
+
+        # a save that fails with the release fails the turn, and stores nothing of it
+        real_save = store.checkpointer.queue_save
+
+        def failing_save(pipe: Any, *args: Any, **kwargs: Any) -> None:
+            real_save(pipe, *args, **kwargs)
+            pipe.execute_command("NO-SUCH-COMMAND")
+
+        monkeypatch.setattr(store.checkpointer, "queue_save", failing_save)
+        with pytest.raises(redis.exceptions.ResponseError):
+            await turns.turn(key, "lost")
+        monkeypatch.undo()
         messages = await store.messages(key)
         assert messages is not None and [m.content for m in messages if m.type == "human"] \
             == ["hello", "again"]
