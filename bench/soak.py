@@ -155,6 +155,7 @@ async def soak(backend: str, mock: ManagedProcess, args: argparse.Namespace) -> 
         env["AGENTHOST_MEMORY_LIMIT_MB"] = str(args.limit_mb)
     if args.max_reply_kb:
         env["AGENTHOST_LLM_MAX_REPLY_KB"] = str(args.max_reply_kb)
+    env.update(item.split("=", 1) for item in args.set)
     name = backend + (f", limit {args.limit_mb:g} MB" if args.limit_mb else "")
     run = Run(name, args.limit_mb)
     prose = Prose()
@@ -271,6 +272,8 @@ async def main() -> None:
     parser.add_argument("--burst-threads", type=int, default=0)
     parser.add_argument("--burst-reply-kb", type=int, default=2000)
     parser.add_argument("--burst-concurrency", type=int, default=48)
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the service, repeatable")
     parser.add_argument("--plot", help="draw PSS over threads served into this PNG")
     args = parser.parse_args()
     mock = start_mock_openai()
