@@ -9,9 +9,9 @@ Variants, all with the offline model so that persistence is what is measured:
   every checkpoint kept, no history cap), for comparison;
 - ``redis-module-free``: RedisBackend with the module-free PlainRedisSaver
   (``AGENTHOST_REDIS_CHECKPOINTER=plain``), same runner.
-Times are medians over a window of 21 turns around each mark (fewer at turn 1). Without ``--redis-url`` it
-starts its own Redis 8 (the test one) and stops it at the end. Prints figures; asserts
-nothing.
+Times are medians over a window of 21 turns around each mark (fewer at turn 1). Without
+``--redis-url`` it starts its own Redis 8 (the test one) and stops it at the end. Prints
+figures; asserts nothing.
 """
 
 from __future__ import annotations
