@@ -53,6 +53,21 @@ def glob_escape(text: str) -> str:
     return "".join(f"\\{c}" if c in "*?[]\\" else c for c in text)
 
 
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """How the service's Redis connections are opened, on one server or a cluster.
+
+    A pooled connection that died with a restarted Redis fails its next command with a
+    ConnectionError: that command is sent once more on a fresh connection. Timeouts are
+    not retried (a stall would only last twice as long), nor is anything else. A
+    connection idle for 5 s is pinged first.
+    """
+    return {"max_connections": settings.redis_max_connections,
+            "socket_timeout": settings.redis_timeout_s,
+            "socket_connect_timeout": settings.redis_timeout_s,
+            "retry": Retry(NoBackoff(), 1), "retry_on_error": [RedisConnectionError],
+            "health_check_interval": 5}
+
+
 async def _is_cluster(url: str, timeout_s: float) -> bool:
     """Whether the server at ``url`` runs in cluster mode (INFO cluster), asked once at
     start; unreachable: a single server is assumed (set AGENTHOST_REDIS_CLUSTER to be
@@ -242,19 +257,7 @@ class RedisBackend(Backend):
             return
         where = redact_url(url)
         pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=settings.redis_max_connections,
-            timeout=settings.redis_timeout_s,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-            # A pooled connection that died with a restarted Redis fails its next command
-            # with a ConnectionError: that command is sent once more on a fresh
-            # connection. Timeouts are not retried (a stall would only last twice as
-            # long), nor is anything else. A connection idle for 5 s is pinged first.
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
-            health_check_interval=5,
-        )
+            url, timeout=settings.redis_timeout_s, **connection_options(settings))
         pool.connection_class = fresh_context_connections(pool.connection_class)
         client = OrjsonRedis(connection_pool=pool)
         try:
@@ -310,15 +313,7 @@ class RedisBackend(Backend):
             raise ConfigError(f"Redis at {where} is a cluster: langgraph-checkpoint-redis "
                               "needs RediSearch over the whole keyspace; set "
                               "AGENTHOST_REDIS_CHECKPOINTER=plain or auto")
-        client = RedisCluster.from_url(
-            url,
-            max_connections=settings.redis_max_connections,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-            retry=Retry(NoBackoff(), 1),
-            retry_on_error=[RedisConnectionError],
-            health_check_interval=5,
-        )
+        client = RedisCluster.from_url(url, **connection_options(settings))
         # Connections opened outside the turn's context, as in the single-server pool:
         # the nodes found later are built from these public connection kwargs.
         fresh = cast(type[Connection], fresh_context_connections(Connection))
