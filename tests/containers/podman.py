@@ -104,11 +104,13 @@ def ensure_images() -> dict[str, float]:
             rootfs = work / "rootfs"
             run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs), debian_mirror()],
                 timeout=900)
-            tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."],
-                                   stdout=subprocess.PIPE)
-            imported = subprocess.run(["podman", "import", "-", DEBIAN], stdin=tar.stdout,
-                                      capture_output=True, env=ENV, timeout=600)
-            tar.wait()
+            # the pipe is closed with the Popen (an unclosed one is a ResourceWarning, which
+            # the suite turns into an error at whatever test the collector next runs in)
+            with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."],
+                                  stdout=subprocess.PIPE) as tar:
+                imported = subprocess.run(["podman", "import", "-", DEBIAN],
+                                          stdin=tar.stdout, capture_output=True, env=ENV,
+                                          timeout=600)
             assert imported.returncode == 0, imported.stderr.decode()[-2000:]
             took["debian base (debootstrap)"] = time.monotonic() - started
         if not image_exists(PYTHON_BASE):
