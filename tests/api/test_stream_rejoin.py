@@ -1,7 +1,8 @@
 """Rejoining a stream (GET .../stream with Last-Event-ID) over real sockets.
 
 Across replicas: two service processes share one Redis; a client reads three tokens from
-one, drops, and rejoins on the other. In one process without Redis: the in-memory replay.
+one, drops, and rejoins on the other; the same across the two Gunicorn workers of one
+service. In one process without Redis: the in-memory replay.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 import redis
 
 from tests.conftest import MockLLM, SettingsFactory, serve_app
-from tests.servers.processes import start_app
+from tests.servers.processes import start_app, start_gunicorn
 from tests.sse import Event, read_sse
 from tests.waiting import wait_until
 
@@ -189,3 +190,38 @@ async def test_concurrent_rejoins_of_one_turn_each_get_every_event(memory_app: s
     for response, rest in results:
         assert response.status_code == 200
         assert [e.n for e in rest] == list(range(2, TOKENS + 3))
+
+
+async def test_rejoined_on_the_other_gunicorn_worker_of_two(
+    redis_url: str, mock_llm: MockLLM,
+) -> None:
+    app = start_gunicorn({"REDIS_URL": redis_url, "OPENAI_API_KEY": "sk-test",
+                          "OPENAI_BASE_URL": mock_llm.base_url, "AGENTHOST_WORKERS": "2",
+                          "AGENTHOST_WORKER_MAX_REQUESTS": "0",
+                          "AGENTHOST_LLM_MAX_RETRIES": "0"})
+    base = f"http://127.0.0.1:{app.port}"
+    url = PATH.format(thread="rejoin-workers")
+    try:
+        # one kept-alive connection is one worker: ask it its pid, then stream on it
+        async with httpx.AsyncClient(base_url=base, timeout=30,
+                                     limits=httpx.Limits(max_connections=1)) as first:
+            streamer = (await first.get("/cache-stats")).json()["worker_pid"]
+            head = await read_then_drop(first, url, 3)
+        other = None
+        for _ in range(50):  # new connections until the kernel hands one to the other
+            client = httpx.AsyncClient(base_url=base, timeout=30,
+                                       limits=httpx.Limits(max_connections=1))
+            if (await client.get("/cache-stats")).json()["worker_pid"] != streamer:
+                other = client
+                break
+            await client.aclose()
+        assert other is not None, "never reached the second worker"
+        try:
+            response, rest = await rejoin(other, url, head[-1].id)
+            assert (await other.get("/cache-stats")).json()["worker_pid"] != streamer
+        finally:
+            await other.aclose()
+        assert response.status_code == 200
+        assert_rest_exactly_once(head, rest)
+    finally:
+        app.stop()
