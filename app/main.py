@@ -29,7 +29,7 @@ from app.memory.usage import WORKERS_ENV, MemoryMeter
 from app.observability.metrics import Metrics
 from app.persistence.backend import open_backend
 from app.persistence.base import Backend
-from app.persistence.redis import RedisBackend
+from app.persistence.redis import RedisBackend, lock_key
 from app.state import AppState, decide_auth
 from app.streaming.hub import StreamHub
 from app.streaming.replay import MemoryReplay, Replay
@@ -155,7 +155,7 @@ def open_replay(settings: Settings, backend: Backend) -> Replay:
             backend.client, settings.stream_replay_s, settings.stream_replay_max_events,
             live_s=settings.turn_timeout_s + settings.shutdown_grace_s,
             block_s=min(1.0, settings.redis_timeout_s / 2),
-            max_readers=max(1, settings.redis_max_connections // 2))
+            max_readers=max(1, settings.redis_max_connections // 2), lock_key=lock_key)
     return MemoryReplay(settings.stream_replay_s, settings.stream_replay_max_events,
                         settings.stream_replay_max_bytes, settings.stream_max_age_s)
 

@@ -68,6 +68,12 @@ def connection_options(settings: Settings) -> dict[str, Any]:
             "health_check_interval": 5}
 
 
+def lock_key(key: str) -> str:
+    """The key of a thread's lease; one hash tag with the thread's hash (on Redis Cluster,
+    one node serves both)."""
+    return f"{LOCK_PREFIX}{{{key}}}"
+
+
 async def _is_cluster(url: str, timeout_s: float) -> bool:
     """Whether the server at ``url`` runs in cluster mode (INFO cluster), asked once at
     start; unreachable: a single server is assumed (set AGENTHOST_REDIS_CLUSTER to be
@@ -350,8 +356,7 @@ class RedisBackend(Backend):
     def thread_lock(self, key: str, wait_s: float) -> AbstractAsyncContextManager[Any]:
         """A Redis lease on the thread, so replicas sharing this Redis never interleave
         turns on it; safe against Redis stalls (app/persistence/locks.py)."""
-        # One hash tag with the thread's hash: on Redis Cluster, one node serves both.
-        return ThreadLease(self.client, f"{LOCK_PREFIX}{{{key}}}", lease_s=self._lease_s,
+        return ThreadLease(self.client, lock_key(key), lease_s=self._lease_s,
                            wait_s=wait_s, thread_id=key,
                            prefetch=(self.checkpointer
                                      if isinstance(self.checkpointer, PlainRedisSaver)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -83,8 +84,11 @@ class RedisReplay(Replay):
     enabled = True
 
     def __init__(self, client: RedisClient, replay_s: float, max_events: int, live_s: float,
-                 block_s: float, max_readers: int) -> None:
+                 block_s: float, max_readers: int,
+                 lock_key: Callable[[str], str] | None = None) -> None:
         self.client = client
+        #: the key of a thread's lease: while it exists a turn runs there
+        self.lock_key = lock_key
         self.replay_ms = max(1, int(replay_s * 1000))
         self.live_ms = int((live_s + replay_s) * 1000)
         self.max_events = max_events
@@ -171,6 +175,13 @@ class RedisReplay(Replay):
         turn = position.turn
         if turn is None:
             raw = await self.client.get(pointer_key(key))
+            if raw is None and self.lock_key is not None and await self.client.exists(
+                    self.lock_key(key)):
+                # a turn runs on the thread and its first write may not be out yet
+                for _ in range(APPEAR_CHECKS):
+                    await asyncio.sleep(FLUSH_S)
+                    if (raw := await self.client.get(pointer_key(key))) is not None:
+                        break
             if raw is None:
                 raise NothingToRejoin("no streamed turn of this thread to rejoin")
             turn = int(raw)

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from app.errors import InvalidRequest, NothingToRejoin, ReplayGone, TooManyStreams
+from app.persistence.redis import lock_key
 from app.streaming import events
 from app.streaming.hub import StreamHub
 from app.streaming.replay import MemoryReplay, Position, Replayed, parse_position
@@ -174,3 +175,20 @@ async def test_high_pressure_drops_finished_turns_and_keeps_running_ones() -> No
     assert await replay.open("a/running", Position()) is not None
     with pytest.raises(NothingToRejoin):
         await replay.open("a/done", Position())
+
+
+async def test_a_rejoin_without_an_id_waits_for_a_running_turns_first_write(
+    client: Redis,
+) -> None:
+    replay = RedisReplay(client, replay_s=60, max_events=100, live_s=120, block_s=0.2,
+                         max_readers=2, lock_key=lock_key)
+    with pytest.raises(NothingToRejoin):  # no turn runs: at once
+        await replay.open("a/soon", Position())
+    await client.set(lock_key("a/soon"), "token", px=10_000)  # a turn has taken the lease
+    opening = asyncio.ensure_future(replay.open("a/soon", Position()))
+    await asyncio.sleep(FLUSH_S * 2)
+    assert not opening.done()
+    record_turn(replay, "a/soon", 2)
+    replayed = await opening
+    assert replayed is not None and (await drain(replayed)).count(b"id: ") == 3
+    await replay.aclose()
