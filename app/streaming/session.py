@@ -53,9 +53,12 @@ class StreamSession:
     def start(self, turn: Turn) -> StreamResponse:
         """Run ``turn`` behind the stream; the response reads what it reports."""
         self._hub.start(self.stream, self._produce(turn))
+        return self._response(self._consume())
+
+    def _response(self, content: AsyncIterator[bytes]) -> StreamResponse:
         return StreamResponse(
             self.stream,
-            self._consume(),
+            content,
             headers=STREAM_HEADERS,
             ping=self._heartbeat_s,
             ping_message_factory=events.ping,
@@ -113,14 +116,7 @@ class StreamSession:
 
     def relay(self, replayed: Replayed) -> StreamResponse:
         """A rejoin: the kept events of a turn (replay.py), then its live ones."""
-        return StreamResponse(
-            self.stream,
-            self._relay(replayed),
-            headers=STREAM_HEADERS,
-            ping=self._heartbeat_s,
-            ping_message_factory=events.ping,
-            shutdown_grace_period=self._shutdown_grace_s,
-        )
+        return self._response(self._relay(replayed))
 
     async def _relay(self, replayed: Replayed) -> AsyncIterator[bytes]:
         stream = self.stream
