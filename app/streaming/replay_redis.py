@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -37,6 +37,7 @@ from app.streaming import events
 from app.streaming.replay import LOST, Position, Replay, Replayed, TurnRecorder, next_turn
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REPLAY_PREFIX = "agenthost:replay:"
 #: events that come within this long of each other are written together
@@ -171,34 +172,44 @@ class RedisReplay(Replay):
             pipe.set(pointer_key(recorder.key), recorder.turn, px=ttl)
         recorder.written = True
 
+    @staticmethod
+    async def _until_written(read: Callable[[], Awaitable[T]], patient: bool) -> T:
+        """``read`` until it finds something, up to ~1 s when ``patient`` (a turn's first
+        write is off its path, so a quick rejoin may come before it), else once."""
+        found = await read()
+        for _ in range(APPEAR_CHECKS if patient else 0):
+            if found:
+                break
+            await asyncio.sleep(FLUSH_S)
+            found = await read()
+        return found
+
     async def open(self, key: str, position: Position) -> Replayed | None:
         turn = position.turn
         if turn is None:
             raw = await self.client.get(pointer_key(key))
             if raw is None and self.lock_key is not None and await self.client.exists(
                     self.lock_key(key)):
-                # a turn runs on the thread and its first write may not be out yet
-                for _ in range(APPEAR_CHECKS):
-                    await asyncio.sleep(FLUSH_S)
-                    if (raw := await self.client.get(pointer_key(key))) is not None:
-                        break
+                # a turn runs on the thread (its lease is held): its first write may be due
+                raw = await self._until_written(
+                    lambda: self.client.get(pointer_key(key)), patient=True)
             if raw is None:
                 raise NothingToRejoin("no streamed turn of this thread to rejoin")
             turn = int(raw)
         stream = stream_key(key, turn)
         after = position.after
-        # A client that saw an event may ask before its first write is out (it is
-        # off the turn's path): a young turn is given a moment to appear.
-        young = position.turn is not None and next_turn() - turn < self.live_ms
-        for _ in range(APPEAR_CHECKS if young else 1):
+
+        async def read() -> list[Any]:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.xrange(stream, min=f"0-{after + 1}", max="+")
                 pipe.xrevrange(stream, max="+", min="-", count=1)
-                entries, newest = await pipe.execute()
-            if newest:
-                break
-            if young:
-                await asyncio.sleep(FLUSH_S)
+                replies: list[Any] = await pipe.execute()
+            return replies if replies[1] else []
+
+        # a client that saw an event of a young turn may ask before its first write
+        young = position.turn is not None and next_turn() - turn < self.live_ms
+        replies = await self._until_written(read, patient=young)
+        entries, newest = replies if replies else ([], [])
         if not newest:
             raise NothingToRejoin("no streamed turn of this thread to rejoin")
         if not entries:
