@@ -27,7 +27,7 @@ from langchain_core.messages import BaseMessage
 
 from tests.conftest import MockLLM, SettingsFactory, serve_app
 from tests.sse import Event, read_sse
-from tests.waiting import settle_loop
+from tests.waiting import settle_loop, settle_tasks
 
 WARMUP_THREADS = 30
 COUNTED_THREADS = 100
@@ -142,12 +142,22 @@ async def _conversations(client: httpx.AsyncClient, route: str, prefix: str,
     await asyncio.gather(*(one(i) for i in range(count)))
 
 
+def task_stacks() -> dict[int, str]:
+    """Each live task's coroutine chain, innermost last: what a failure names."""
+    stacks = {}
+    for task in asyncio.all_tasks():
+        frames = [f"{f.f_code.co_qualname}:{f.f_lineno}" for f in task.get_stack(limit=12)]
+        stacks[id(task)] = f"{task.get_name()} " + " > ".join(frames)
+    return stacks
+
+
 async def live_objects() -> dict[str, int]:
     """Live objects of the kinds a finished turn must not leave behind.
 
     By exact type, not ``isinstance``: that would touch lazy proxies (the OpenAI SDK's
     ``numpy`` proxy), importing whole packages inside the measured window.
     """
+    await settle_tasks()  # background work of the last turns (slot releases) is over
     await settle_loop()  # the server sees closed connections; cancelled timers are pruned
     # The standard library's bounded caches (128 parsed URLs, 512 regexes) fill with
     # per-thread URLs; emptied here so that filling is not mistaken for growth.
@@ -204,9 +214,11 @@ async def test_finished_threads_leave_nothing_behind(
         # Warm-up: imports, pools and per-tenant caches are in place after it.
         await conversations(base_url, route, "warm", WARMUP_THREADS)
         before = await live_objects()
+        tasks_before = task_stacks()
         blocks_before = sys.getallocatedblocks()
         await conversations(base_url, route, "counted", COUNTED_THREADS)
         after = await live_objects()
+        new_tasks = [stack for key, stack in task_stacks().items() if key not in tasks_before]
         blocks_per_thread = (sys.getallocatedblocks() - blocks_before) / COUNTED_THREADS
         # tracemalloc costs ~4x per turn, so it measures bytes over fewer threads. Traced
         # from a first round on, so what the second frees of the first's allocations
@@ -224,7 +236,7 @@ async def test_finished_threads_leave_nothing_behind(
     extra = {kind: after[kind] - before[kind] for kind in after}
     assert all(n <= MAX_EXTRA_OBJECTS for n in extra.values()), (
         f"{backend}/{route}: objects left alive by {COUNTED_THREADS} finished threads: "
-        f"{extra} (before {before})")
+        f"{extra} (before {before}); tasks started since and still alive: {new_tasks}")
     assert blocks_per_thread <= MAX_BLOCKS_PER_THREAD, (
         f"{backend}/{route}: {blocks_per_thread:.1f} memory blocks kept per finished thread")
     per_thread = sum(stat.size_diff for stat in grown) / TRACED_THREADS

@@ -51,3 +51,23 @@ async def settle_loop(turns: int = 20) -> None:
         handle.cancel()
     for _ in range(turns):
         await asyncio.sleep(0)
+
+
+async def settle_tasks(quiet_polls: int = 5, poll_s: float = 0.02,
+                       safety_s: float = SAFETY_S) -> None:
+    """Wait until no task starts or ends for ``quiet_polls`` polls in a row.
+
+    A finished conversation may still have work in flight for a moment (a tenant slot
+    released after the stream's last event, a Redis client closing a connection it
+    replaced): that is not something left behind, and on a loaded machine it can outlive
+    a few loop turns. A task that never ends still counts once things are quiet.
+    """
+    me = asyncio.current_task()
+    async with asyncio.timeout(safety_s):
+        seen: set[asyncio.Task[object]] = set()
+        quiet = 0
+        while quiet < quiet_polls:
+            await asyncio.sleep(poll_s)
+            now = {task for task in asyncio.all_tasks() if task is not me}
+            quiet = quiet + 1 if now == seen else 0
+            seen = now
