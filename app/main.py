@@ -100,6 +100,8 @@ async def build_state(settings: Settings, stack: AsyncExitStack, metrics: Metric
     stack.push_async_callback(replay.aclose)
     streams = StreamHub(settings, metrics=metrics, replay=replay)
     janitor_sweeps = [*streams.sweeps(), *backend.sweeps(), *replay.sweeps()]
+    limiter = TenantLimiter(settings, getattr(backend, "client", None))
+    stack.push_async_callback(limiter.aclose)  # after the turns, before the backend
     # Registered after the backend: on exit, running turns finish before it closes.
     stack.push_async_callback(streams.aclose, settings.shutdown_grace_s)
     janitor = Janitor(settings.janitor_interval_s, metrics)
@@ -118,7 +120,7 @@ async def build_state(settings: Settings, stack: AsyncExitStack, metrics: Metric
         agent_factory=agent_factory,
         agents=agents,
         runner=TurnRunner(agent_factory.graph, backend, settings, metrics),
-        limiter=TenantLimiter(settings, getattr(backend, "client", None)),
+        limiter=limiter,
         streams=streams,
         janitor=janitor,
         metrics=metrics,

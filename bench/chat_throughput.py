@@ -1,13 +1,16 @@
 """JSON chat turns per second on one worker, next to the OpenAI client alone.
 
-    python -m bench.chat_throughput [--concurrency 32] [--seconds 10] [--redis]
-                                    [--set AGENTHOST_NAME=value ...]
+    python -m bench.chat_throughput [--concurrency 32] [--seconds 10] [--rounds 1]
+                                    [--warmup 0] [--redis] [--set AGENTHOST_NAME=value ...]
 
 Starts the mock OpenAI server (no latency) and the service (``python -m app``, one
 worker; in-memory persistence, or a Redis 8 it starts with ``--redis``), then:
 - ceiling: the OpenAI Python client alone calling the mock, same concurrency;
 - service: ``POST .../messages`` on 1,000 rotating threads, same concurrency.
-Reports calls or turns per second, p50/p99 latency and the service's RSS before and
+Both are warmed up (``--warmup`` seconds each), then measured in ``--rounds`` alternating
+slices of ``--seconds`` each, so that the machine's drift (this shared VM moves ±30 %
+within minutes) falls on both alike. Reports each slice, the medians, the service's
+median as a share of the ceiling's, p50/p99 latency and the service's RSS before and
 after. ``--set`` passes settings to the service (e.g. ``AGENTHOST_MEMORY_TRACEMALLOC=true``
 to price allocation tracing). Prints figures; asserts nothing.
 """
@@ -52,6 +55,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--warmup", type=float, default=0)
     parser.add_argument("--redis", action="store_true")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a setting for the service, repeatable")
@@ -73,9 +78,9 @@ async def main() -> None:
             await client.chat.completions.create(
                 model="gpt-4o-mini", messages=[{"role": "user", "content": f"hi {i}"}])
 
-        summary("OpenAI client alone", *await drive(args.concurrency, args.seconds, direct))
         process = psutil.Process(app.pid)
         before = process.memory_info().rss
+        name = f"service ({'redis' if redis else 'memory'})"
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{app.port}", timeout=60,
                                      limits=httpx.Limits(max_connections=256)) as http:
             async def turn(i: int) -> None:
@@ -83,8 +88,19 @@ async def main() -> None:
                                            json={"message": f"hello {i}"})
                 response.raise_for_status()
 
-            summary(f"service ({'redis' if redis else 'memory'})",
-                    *await drive(args.concurrency, args.seconds, turn))
+            if args.warmup:
+                await drive(args.concurrency, args.warmup, direct)
+                await drive(args.concurrency, args.warmup, turn)
+            rates: dict[str, list[float]] = {"OpenAI client alone": [], name: []}
+            for _ in range(args.rounds):
+                for label, call in (("OpenAI client alone", direct), (name, turn)):
+                    rate, latencies = await drive(args.concurrency, args.seconds, call)
+                    summary(label, rate, latencies)
+                    rates[label].append(rate)
+        if args.rounds > 1:
+            ceiling, served = (statistics.median(r) for r in rates.values())
+            print(f"medians over {args.rounds} rounds: ceiling {ceiling:.1f}/s, "
+                  f"{name} {served:.1f}/s = {served / ceiling:.0%} of the ceiling")
         after = process.memory_info().rss
         print(f"service RSS {before / 2**20:.1f} MB before, {after / 2**20:.1f} MB after")
     finally:

@@ -16,6 +16,8 @@ import pytest
 from langchain_openai import ChatOpenAI
 from langgraph.checkpoint.redis.aio import AsyncRedisSaver
 from langgraph.checkpoint.redis.jsonplus_redis import JsonPlusRedisSerializer
+from limits.aio.storage import RedisClusterStorage
+from redis.asyncio import RedisCluster
 from redis.asyncio.client import Pipeline
 from sse_starlette import EventSourceResponse
 
@@ -68,3 +70,14 @@ def test_the_library_still_calls_the_privates_we_override() -> None:
     assert "self._constructor_class(" in inspect.getsource(
         JsonPlusRedisSerializer._revive_if_needed)
     assert "_key_cache_max_size" in inspect.getsource(AsyncRedisSaver.__init__)
+
+
+def test_limits_cluster_bridge_still_holds_its_client() -> None:
+    """app/tenants/limits.py opens ``limits``' own cluster client as the service's and
+    closes it at shutdown, through its redis-py bridge's undocumented ``storage``
+    attribute (listed in app/tenants/limits.py). Built without connecting."""
+    storage = RedisClusterStorage("async+redis+cluster://127.0.0.1:1",
+                                  implementation="redispy", socket_timeout=1.5)
+    client = storage.bridge.storage
+    assert isinstance(client, RedisCluster)
+    assert client.connection_kwargs["socket_timeout"] == 1.5

@@ -226,6 +226,17 @@ def fresh_context_connections(base: type[AbstractConnection]) -> type[AbstractCo
     return FreshContextConnection
 
 
+def fresh_cluster_connections(client: RedisCluster) -> RedisCluster:
+    """A cluster client whose connections open outside the turn's context, as in the
+    single-server pool: the nodes found later are built from its public connection
+    kwargs, the ones it starts from carry the class themselves."""
+    fresh = cast(type[Connection], fresh_context_connections(Connection))
+    client.connection_kwargs["connection_class"] = fresh
+    for node in client.startup_nodes:
+        node.connection_class = fresh
+    return client
+
+
 class RedisBackend(Backend):
     unavailable_errors = (RedisError, RedisVLError, OSError)
 
@@ -319,13 +330,8 @@ class RedisBackend(Backend):
             raise ConfigError(f"Redis at {where} is a cluster: langgraph-checkpoint-redis "
                               "needs RediSearch over the whole keyspace; set "
                               "AGENTHOST_REDIS_CHECKPOINTER=plain or auto")
-        client = RedisCluster.from_url(url, **connection_options(settings))
-        # Connections opened outside the turn's context, as in the single-server pool:
-        # the nodes found later are built from these public connection kwargs.
-        fresh = cast(type[Connection], fresh_context_connections(Connection))
-        client.connection_kwargs["connection_class"] = fresh
-        for node in client.startup_nodes:
-            node.connection_class = fresh
+        client = fresh_cluster_connections(
+            RedisCluster.from_url(url, **connection_options(settings)))
         try:
             saver = PlainRedisSaver(client, ttl_s=settings.history_ttl_s,
                                     refresh_on_read=settings.history_refresh_on_read)

@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 
 from app.errors import RateLimited, StorageUnavailable
 from app.persistence.plain import RedisClient
+from app.persistence.redis import connection_options, fresh_cluster_connections
 from app.tenants.registry import TenantConfig
 from config.settings import Settings
 
@@ -73,12 +74,20 @@ class TenantLimiter:
         self._deadline_s = settings.turn_timeout_s + settings.thread_wait_s + 30
         self._client = client
         storage: Any
+        #: the cluster client ``limits`` built for itself (closed by ``aclose``)
+        self._own_client: RedisCluster | None = None
         if isinstance(client, RedisCluster):
-            # The cluster bridge builds its own cluster client from the address.
+            # The cluster bridge builds its own cluster client from the address, opened
+            # as the service's: same timeouts and retry, connections outside the turn's
+            # context.
             assert settings.redis_url is not None
             address = urlsplit(settings.redis_url.get_secret_value()).netloc
             storage = RedisClusterStorage(f"async+redis+cluster://{address}",
-                                          implementation="redispy", key_prefix="agenthost:rate")
+                                          implementation="redispy", key_prefix="agenthost:rate",
+                                          **connection_options(settings))
+            # PRIVATE-ish (tests/test_library_privates.py): the bridge's client, an
+            # undocumented attribute of limits' redis-py bridge.
+            self._own_client = fresh_cluster_connections(storage.bridge.storage)
         elif client is not None:
             # The redis-py bridge takes the service's own pool (its typing says otherwise).
             storage = RedisStorage("async+redis://", implementation="redispy",
@@ -90,6 +99,14 @@ class TenantLimiter:
         self._admit_script = client.register_script(_ADMIT) if client is not None else None
         self._running: defaultdict[str, int] = defaultdict(int)
         self._releasing: set[asyncio.Task[None]] = set()
+
+    async def aclose(self) -> None:
+        """At shutdown, once turns have ended: their slot releases finish, and the
+        cluster client ``limits`` built for itself is closed."""
+        if self._releasing:
+            await asyncio.gather(*self._releasing, return_exceptions=True)
+        if self._own_client is not None:
+            await self._own_client.aclose()
 
     def limits_of(self, config: TenantConfig) -> tuple[int, int]:
         per_minute = config.turns_per_minute

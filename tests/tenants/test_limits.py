@@ -12,14 +12,19 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.asyncio import RedisCluster as ClusterClient
 
 from app.errors import RateLimited
+from app.persistence.redis import connection_options, fresh_cluster_connections
 from app.tenants.limits import RUNNING_PREFIX, TenantLimiter
 from app.tenants.registry import TenantConfig
 from config.settings import Settings
 from tests.conftest import MockLLM, SettingsFactory, app_client
+from tests.servers.processes import RedisCluster as RedisClusterServers
 from tests.servers.processes import start_gunicorn, start_redis
+from tests.waiting import wait_until
 
 
 async def test_turns_per_minute_are_counted_per_tenant(make_settings: SettingsFactory) -> None:
@@ -90,3 +95,50 @@ def test_a_flooding_tenant_is_held_to_its_share_across_workers(
     finally:
         app.stop()
         redis.stop()
+
+
+async def test_on_a_cluster_the_window_client_is_opened_as_the_services_and_closed(
+    redis_cluster: RedisClusterServers, cluster_url: str, make_settings: SettingsFactory,
+) -> None:
+    """``limits`` builds its own cluster client: it gets the service's timeouts and
+    connections opened outside the turn's context, and is closed at shutdown."""
+    def clients_connected() -> int:
+        total = 0
+        for node in redis_cluster.nodes:
+            with SyncRedis(port=node.port) as admin:  # itself one of them
+                total += int(admin.info("clients")["connected_clients"]) - 1
+        return total
+
+    settings = make_settings(redis_url=cluster_url, redis_cluster=True, redis_timeout_s=1.5)
+    client = fresh_cluster_connections(
+        ClusterClient.from_url(cluster_url, **connection_options(settings)))
+    limiter = TenantLimiter(settings, client)
+    try:
+        idle = clients_connected()
+        # a refused turn counts in the window too: 3 = admitted, refused, admitted
+        config = TenantConfig(turns_per_minute=3, concurrent_turns=1)
+        slot = await limiter.admit("capped", config)
+        with pytest.raises(RateLimited, match="already has 1 turns running"):
+            await limiter.admit("capped", config)
+        slot.release_soon()  # as a stream's end does; finished by aclose at the latest
+        await wait_until(lambda: not limiter._releasing)
+        await (await limiter.admit("capped", config)).release()  # counted, not refused ...
+        with pytest.raises(RateLimited, match="used its 3 turns per minute"):
+            await limiter.admit("capped", config)  # ... up to the window's 3
+        window_client = limiter._own_client
+        assert window_client is not None and window_client is not client
+        assert window_client.connection_kwargs["socket_timeout"] == 1.5
+        assert window_client.connection_kwargs["connection_class"].__name__ == (
+            "FreshContextConnection")
+        in_use = clients_connected()
+        assert in_use > idle  # the service's connections and the window's
+        slot = await limiter.admit("other", config)
+        slot.release_soon()
+        await limiter.aclose()  # the release is over, the window's connections closed
+        assert not limiter._releasing
+        await wait_until(lambda: clients_connected() < in_use)
+        await client.aclose()
+        await wait_until(lambda: clients_connected() == idle)
+    finally:
+        await limiter.aclose()
+        await client.aclose()
