@@ -49,14 +49,12 @@ class _PrefetchingLock(Lock):
         self.thread_id = thread_id
 
     async def do_acquire(self, token: str | bytes) -> bool:
-        timeout = int(self.timeout * 1000) if self.timeout else None
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(self.name, token, nx=True, px=timeout)
-            self.saver.queue_read(pipe, self.thread_id)
-            replies = await pipe.execute()
-        if not replies[0]:
+        assert self.timeout and isinstance(token, bytes)  # ThreadLease sets both
+        read = await self.saver.take_and_read(self.name, token, int(self.timeout * 1000),
+                                              self.thread_id)
+        if read is None:
             return False
-        HELD.set(LeaseHeld(self.thread_id, replies[1]))
+        HELD.set(LeaseHeld(self.thread_id, read))
         return True
 
 
@@ -126,17 +124,15 @@ class ThreadLease:
                            error, self.lease_s)
 
     async def _save_and_release(self, save: bytes, failure: BaseException | None) -> None:
-        """The turn's save and the release, in one round trip, as one transaction (the
-        lease and the thread share a hash tag: one slot on a cluster). When it fails
+        """The turn's save and the release, in one round trip, one script (the lease and
+        the thread share a hash tag: one slot on a cluster). When it fails
         nothing of the turn is stored: the thread is as it was before it (a turn that had
         succeeded fails with the storage error; one that had failed keeps its own error)
         -- unless the connection broke after Redis had run it, which no client can tell."""
         assert isinstance(self.lock, _PrefetchingLock)
         try:
-            async with self.lock.redis.pipeline(transaction=True) as pipe:
-                self.lock.saver.queue_save(pipe, self.lock.thread_id, save)
-                pipe.eval(Lock.LUA_RELEASE_SCRIPT, 1, self.name, self.token)
-                await pipe.execute()
+            await self.lock.saver.save_and_release(self.lock.thread_id, save, self.name,
+                                                   self.token)
         except (RedisError, OSError, TimeoutError) as error:
             if failure is None:
                 raise

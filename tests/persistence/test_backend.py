@@ -151,24 +151,33 @@ async def test_with_the_plain_checkpointer_a_turn_is_two_round_trips(
         monkeypatch.setattr(store.client, "pipeline", counted)
         monkeypatch.setattr(store.client, "execute_command", command)
         await turns.turn(key, "again")
-        # two round trips: the lease with the checkpoint read; the save with the release
-        assert len(pipelines) == 2 and commands == []
+        # two round trips, one script each: the lease with the checkpoint read; the save
+        # with the release
+        assert pipelines == [] and commands == ["EVALSHA", "EVALSHA"]
         monkeypatch.undo()
         messages = await store.messages(key)
         assert messages is not None and [m.content for m in messages if m.type == "human"] \
             == ["hello", "again"]
 
-        # a save that fails with the release fails the turn, and stores nothing of it
-        real_save = store.checkpointer.queue_save
+        # a save that Redis refuses (out of memory, as compose's noeviction Redis does when
+        # full) fails the turn, and stores nothing of it
+        admin = redis.asyncio.Redis.from_url(redis_url)
+        real_save = store.checkpointer.save_and_release
 
-        def failing_save(pipe: Any, *args: Any, **kwargs: Any) -> None:
-            real_save(pipe, *args, **kwargs)
-            pipe.execute_command("NO-SUCH-COMMAND")
+        async def refused_save(*args: Any) -> None:
+            await admin.config_set("maxmemory", 1)
+            try:
+                await real_save(*args)
+            finally:
+                await admin.config_set("maxmemory", 0)
 
-        monkeypatch.setattr(store.checkpointer, "queue_save", failing_save)
-        with pytest.raises(redis.exceptions.ResponseError):
-            await turns.turn(key, "lost")
-        monkeypatch.undo()
+        monkeypatch.setattr(store.checkpointer, "save_and_release", refused_save)
+        try:
+            with pytest.raises(redis.exceptions.ResponseError, match="maxmemory"):
+                await turns.turn(key, "lost")
+        finally:
+            monkeypatch.undo()
+            await admin.aclose()
         messages = await store.messages(key)
         assert messages is not None and [m.content for m in messages if m.type == "human"] \
             == ["hello", "again"]
