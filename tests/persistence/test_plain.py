@@ -71,3 +71,25 @@ def test_plain_never_asks_for_modules(bare_redis: ManagedProcess, mock_llm: Mock
         assert not [name for name in stats if "module" in name], stats.keys()
     finally:
         app.stop()
+
+
+def test_turns_go_on_after_redis_loses_its_scripts(bare_redis: ManagedProcess,
+                                                   mock_llm: MockLLM) -> None:
+    """A turn's two round trips are Lua scripts called by their SHA; a Redis that was
+    restarted (or flushed its script cache) has forgotten them: they are loaded again."""
+    client = redis.Redis(port=bare_redis.port)
+    app = start_app({"REDIS_URL": f"redis://127.0.0.1:{bare_redis.port}/0",
+                     "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": mock_llm.base_url,
+                     "AGENTHOST_REDIS_CHECKPOINTER": "plain"})
+    thread = f"http://127.0.0.1:{app.port}/v1/tenants/demo/threads/flushed"
+    try:
+        for text in ("before", "after"):
+            assert httpx.post(f"{thread}/messages", json={"message": text},
+                              timeout=30).status_code == 200
+            client.script_flush()
+        history = httpx.get(f"{thread}/messages", timeout=10).json()["messages"]
+        assert [m["content"] for m in history if m["role"] == "user"] == ["before", "after"]
+        assert client.get("agenthost:turn-lock:{demo/flushed}") is None  # released
+    finally:
+        app.stop()
+        client.close()
