@@ -1,12 +1,13 @@
 """Soak: the service's memory over many conversations, per backend, sampled over time.
 
-    python -m bench.soak [--backend memory|redis|both] [--batches 10] [--threads 3000]
+    python -m bench.soak [--backend memory|redis|cluster|both] [--batches 10] [--threads 3000]
                          [--turns 2] [--message-bytes 1500] [--concurrency 16]
                          [--sse-share 0.5] [--tool-share 0.2] [--limit-mb N]
                          [--memory-max-threads N] [--plot soak.png]
                          [--burst-threads 300 --burst-reply-kb 2000 --burst-concurrency 48]
 
-Starts the mock OpenAI server (no latency), a Redis 8 for the Redis backend, and the
+Starts the mock OpenAI server (no latency), a Redis 8 for the Redis backend (a 3-node
+Redis Cluster for ``cluster``: the module-free checkpointer, the cluster client), and the
 service as an operator runs it (``python -m app``, one worker, real sockets). Each batch
 is ``--threads`` new threads of ``--turns`` turns each, user messages of
 ``--message-bytes`` characters of prose (the mock's reply quotes them, so replies are as
@@ -36,7 +37,13 @@ import httpx
 import psutil
 
 from bench.prose import Prose
-from tests.servers.processes import ManagedProcess, start_app, start_mock_openai, start_redis
+from tests.servers.processes import (
+    ManagedProcess,
+    RedisCluster,
+    start_app,
+    start_mock_openai,
+    start_redis,
+)
 
 TOOL_TURN = "what time is it? [[tool:current_time {}]]"
 MAX_ATTEMPTS = 50
@@ -145,10 +152,14 @@ async def sampler(app: ManagedProcess, client: httpx.AsyncClient, run: Run,
 
 async def soak(backend: str, mock: ManagedProcess, args: argparse.Namespace) -> Run:
     redis = start_redis() if backend == "redis" else None
+    cluster = RedisCluster(3) if backend == "cluster" else None
     env = {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": f"http://127.0.0.1:{mock.port}/v1",
            "AGENTHOST_LOG_LEVEL": "WARNING"}
     if redis is not None:
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis.port}/0"
+    if cluster is not None:
+        env["REDIS_URL"] = cluster.url
+        env["AGENTHOST_REDIS_CLUSTER"] = "true"
     if args.memory_max_threads:
         env["AGENTHOST_MEMORY_MAX_THREADS"] = str(args.memory_max_threads)
     if args.limit_mb:
@@ -202,6 +213,8 @@ async def soak(backend: str, mock: ManagedProcess, args: argparse.Namespace) -> 
         app.stop()
         if redis is not None:
             redis.stop()
+        if cluster is not None:
+            cluster.stop()
     return run
 
 
@@ -252,7 +265,8 @@ def plot(runs: list[Run], path: str) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=["memory", "redis", "both"], default="both")
+    parser.add_argument("--backend", choices=["memory", "redis", "cluster", "both"],
+                        default="both")
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--threads", type=int, default=3000)
     parser.add_argument("--turns", type=int, default=2)
