@@ -5,7 +5,9 @@ The service keeps only each thread's latest checkpoint, so a thread is one hash,
 ``ckpt:<ns>`` (the checkpoint, its metadata, its id and its parent's, packed) and
 ``writes:<ns>`` (the pending writes of that checkpoint, packed). Reading a thread is one
 round trip (HMGET, and PEXPIRE when reads refresh the TTL, pipelined); saving one is one
-(HSET, HDEL of the superseded writes, PEXPIRE). Values are serialized with LangGraph's own
+(HSET, HDEL of the superseded writes, PEXPIRE). A turn holding the thread's lease does
+both in the lease's own round trips, one Lua script each (``TAKE_AND_READ``,
+``SAVE_AND_RELEASE``). Values are serialized with LangGraph's own
 serde. No RedisJSON, no RediSearch, no MODULE LIST: plain Redis, Valkey and managed
 Redis services serve it. A thread written by this saver is not read by
 langgraph-checkpoint-redis, nor the other way round.
@@ -59,6 +61,7 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 if redis.call('GET', KEYS[2]) == ARGV[5] then redis.call('DEL', KEYS[2]) end
 return 1
 """
+
 
 class LeaseHeld:
     """What the thread's lease (locks.py) does for the turn that holds it: the checkpoint
