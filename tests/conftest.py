@@ -80,6 +80,21 @@ def redis_url(redis_server: ManagedProcess) -> str:
     return url
 
 
+#: The Redis-backed variants API tests run on: langgraph-checkpoint-redis (the test Redis
+#: has its modules) and the module-free checkpointer, on the same server.
+REDIS_BACKENDS = {"redis": "langgraph", "plain-redis": "plain"}
+BACKENDS = ["memory", *REDIS_BACKENDS]
+
+
+def storage_for(backend: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings for a backend of ``BACKENDS``: none for the in-memory one; else the
+    flushed test Redis and the checkpointer."""
+    if backend not in REDIS_BACKENDS:
+        return {}
+    return {"redis_url": request.getfixturevalue("redis_url"),
+            "redis_checkpointer": REDIS_BACKENDS[backend]}
+
+
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisCluster]:
     """A 3-node Redis Cluster (Redis 8.2, no modules)."""

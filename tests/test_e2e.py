@@ -7,8 +7,9 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
-from tests.conftest import MockLLM
+from tests.conftest import REDIS_BACKENDS, MockLLM
 from tests.servers.processes import ROOT, start_app, start_redis
 from tests.waiting import wait_for
 
@@ -47,9 +48,11 @@ def test_embedded_defaults_serve_a_conversation() -> None:
         assert log.count(sentence) == 1
 
 
-def test_history_survives_a_restart_with_redis(redis_url: str, mock_llm: MockLLM) -> None:
+@pytest.mark.parametrize("checkpointer", REDIS_BACKENDS.values())
+def test_history_survives_a_restart_with_redis(redis_url: str, mock_llm: MockLLM,
+                                               checkpointer: str) -> None:
     env = {"REDIS_URL": redis_url, "OPENAI_API_KEY": "sk-test",
-           "OPENAI_BASE_URL": mock_llm.base_url}
+           "OPENAI_BASE_URL": mock_llm.base_url, "AGENTHOST_REDIS_CHECKPOINTER": checkpointer}
     app = start_app(env)
     try:
         assert chat(f"http://127.0.0.1:{app.port}", "keep", "remember me").status_code == 200
@@ -71,11 +74,13 @@ def test_history_survives_a_restart_with_redis(redis_url: str, mock_llm: MockLLM
         again.stop()
 
 
-def test_redis_outage_is_503_then_recovers(mock_llm: MockLLM) -> None:
+@pytest.mark.parametrize("checkpointer", REDIS_BACKENDS.values())
+def test_redis_outage_is_503_then_recovers(mock_llm: MockLLM, checkpointer: str) -> None:
     redis = start_redis()
     port = redis.port
     env = {"REDIS_URL": f"redis://127.0.0.1:{port}/0", "OPENAI_API_KEY": "sk-test",
-           "OPENAI_BASE_URL": mock_llm.base_url, "AGENTHOST_REDIS_TIMEOUT_S": "1"}
+           "OPENAI_BASE_URL": mock_llm.base_url, "AGENTHOST_REDIS_TIMEOUT_S": "1",
+           "AGENTHOST_REDIS_CHECKPOINTER": checkpointer}
     app = start_app(env)
     base = f"http://127.0.0.1:{app.port}"
     try:
@@ -91,12 +96,14 @@ def test_redis_outage_is_503_then_recovers(mock_llm: MockLLM) -> None:
         metrics = httpx.get(f"{base}/metrics").text
         assert re.search(r"^agenthost_storage_errors_total [1-9]", metrics, re.MULTILINE)
         assert 'agenthost_http_responses_total{code="503"} 3.0' in metrics  # chat, history, ready
-        redis = start_redis(port)  # a fresh, empty Redis on the same port: no search indexes
+        # a fresh, empty Redis on the same port: no search indexes, no loaded scripts
+        redis = start_redis(port)
         # The first calls may still fail (and trigger the repair); the service heals itself,
         # recreating the lost search indexes (repairs are rate-limited; readiness probes
-        # trigger them too), without a restart.
+        # trigger them too), or reloading its scripts (plain), without a restart.
         wait_for(lambda: chat(base, "t", "after").status_code == 200)
-        repaired = "had lost its search indexes; recreated them"
+        repaired = ("had lost its search indexes; recreated them" if checkpointer == "langgraph"
+                    else "")
         wait_for(lambda: httpx.get(f"{base}/health/ready", timeout=10).status_code == 200
                  and repaired in app.log_text())
         assert "failed during a turn of tenant" in app.log_text()
@@ -126,14 +133,15 @@ def test_invalid_configuration_exits_with_the_reason() -> None:
 
 
 
+@pytest.mark.parametrize("checkpointer", REDIS_BACKENDS.values())
 def test_two_replicas_never_interleave_turns_on_one_thread(
-    redis_url: str, mock_llm: MockLLM
+    redis_url: str, mock_llm: MockLLM, checkpointer: str
 ) -> None:
     import concurrent.futures
 
     mock_llm.control(latency_ms=50)
     env = {"REDIS_URL": redis_url, "OPENAI_API_KEY": "sk-test",
-           "OPENAI_BASE_URL": mock_llm.base_url}
+           "OPENAI_BASE_URL": mock_llm.base_url, "AGENTHOST_REDIS_CHECKPOINTER": checkpointer}
     first, second = start_app(env), start_app(env)
     bases = [f"http://127.0.0.1:{first.port}", f"http://127.0.0.1:{second.port}"]
     try:

@@ -6,9 +6,10 @@ import asyncio
 import signal
 
 import httpx
+import pytest
 import redis
 
-from tests.conftest import MockLLM
+from tests.conftest import REDIS_BACKENDS, MockLLM
 from tests.servers.processes import start_app
 from tests.sse import Event, read_sse
 from tests.waiting import wait_until
@@ -16,11 +17,13 @@ from tests.waiting import wait_until
 PATH = "/v1/tenants/demo/threads/{thread}"
 
 
+@pytest.mark.parametrize("checkpointer", REDIS_BACKENDS.values())
 async def test_sigterm_lets_running_turns_finish_and_store_then_exits(
-    redis_url: str, mock_llm: MockLLM
+    redis_url: str, mock_llm: MockLLM, checkpointer: str
 ) -> None:
     app = start_app({"REDIS_URL": redis_url, "OPENAI_API_KEY": "sk-test",
-                     "OPENAI_BASE_URL": mock_llm.base_url, "AGENTHOST_SHUTDOWN_GRACE_S": "20"})
+                     "OPENAI_BASE_URL": mock_llm.base_url, "AGENTHOST_SHUTDOWN_GRACE_S": "20",
+                     "AGENTHOST_REDIS_CHECKPOINTER": checkpointer})
     base = f"http://127.0.0.1:{app.port}"
     mock_llm.control(latency_ms=1500)  # both turns are mid-call when the signal comes
     try:
@@ -56,7 +59,7 @@ async def test_sigterm_lets_running_turns_finish_and_store_then_exits(
     with redis.Redis.from_url(redis_url) as client:
         assert list(client.scan_iter("agenthost:turn-lock:*")) == []
     # Both turns were stored: a new service on the same Redis reads them back.
-    again = start_app({"REDIS_URL": redis_url})
+    again = start_app({"REDIS_URL": redis_url, "AGENTHOST_REDIS_CHECKPOINTER": checkpointer})
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{again.port}") as client:
             for thread, said in (("json", "finish me"), ("sse", "stream me")):

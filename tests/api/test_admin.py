@@ -7,7 +7,15 @@ import logging
 
 import pytest
 
-from tests.conftest import SERVICE_KEY, TENANT_KEY, MockLLM, SettingsFactory, app_client
+from tests.conftest import (
+    BACKENDS,
+    SERVICE_KEY,
+    TENANT_KEY,
+    MockLLM,
+    SettingsFactory,
+    app_client,
+    storage_for,
+)
 
 ADMIN = {"Authorization": "Bearer admin-secret"}
 SERVICE = {"Authorization": f"Bearer {SERVICE_KEY}"}
@@ -30,11 +38,11 @@ async def test_admin_needs_the_right_token(make_settings: SettingsFactory) -> No
             assert response.json()["error"]["code"] == "unauthorized"
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
+@pytest.mark.parametrize("backend", BACKENDS)
 async def test_create_read_replace_delete(
     make_settings: SettingsFactory, mock_llm: MockLLM, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    extra = {"redis_url": request.getfixturevalue("redis_url")} if backend == "redis" else {}
+    extra = storage_for(backend, request)
     settings = make_settings(admin_token="admin-secret", openai_api_key="sk-test",
                              service_api_keys=[SERVICE_KEY],
                              openai_base_url=mock_llm.base_url, **extra)

@@ -8,12 +8,14 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import (
+    BACKENDS,
     OTHER_TENANT_KEY,
     SERVICE_KEY,
     TENANT_KEY,
     MockLLM,
     SettingsFactory,
     app_client,
+    storage_for,
 )
 
 BASE = "/v1/tenants/{tenant}/threads/{thread}"
@@ -22,12 +24,10 @@ BASE = "/v1/tenants/{tenant}/threads/{thread}"
 Storage = dict[str, object]
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=BACKENDS)
 def storage(request: pytest.FixtureRequest) -> Storage:
-    """Settings for a backend: none for the in-memory one, a flushed Redis for the other."""
-    if request.param == "redis":
-        return {"redis_url": request.getfixturevalue("redis_url")}
-    return {}
+    """Settings for a backend: none for the in-memory one, a flushed Redis for the others."""
+    return storage_for(request.param, request)
 
 
 def url(tenant: str = "demo", thread: str = "t1", suffix: str = "/messages") -> str:

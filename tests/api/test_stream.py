@@ -16,7 +16,7 @@ import psutil
 import pytest
 import redis
 
-from tests.conftest import MockLLM
+from tests.conftest import BACKENDS, REDIS_BACKENDS, MockLLM
 from tests.servers.processes import ManagedProcess, start_app
 from tests.sse import Comment, Event, dechunk, parse_sse_bytes, read_sse
 from tests.waiting import wait_for
@@ -24,16 +24,17 @@ from tests.waiting import wait_for
 PATH = "/v1/tenants/demo/threads/{thread}/stream"
 
 
-@pytest.fixture(scope="module", params=["memory", "redis"])
+@pytest.fixture(scope="module", params=BACKENDS)
 def app(request: pytest.FixtureRequest,
         mock_llm_server: ManagedProcess) -> Iterator[ManagedProcess]:
     storage: dict[str, str] = {}
-    if request.param == "redis":
+    if request.param in REDIS_BACKENDS:
         redis_server: ManagedProcess = request.getfixturevalue("redis_server")
         url = f"redis://127.0.0.1:{redis_server.port}/0"  # RediSearch indexes live in db 0
         with redis.Redis.from_url(url) as client:
             client.flushdb()
-        storage = {"REDIS_URL": url}
+        storage = {"REDIS_URL": url,
+                   "AGENTHOST_REDIS_CHECKPOINTER": REDIS_BACKENDS[request.param]}
     proc = start_app({
         **storage,
         "OPENAI_API_KEY": "sk-test",
