@@ -180,8 +180,9 @@ async def live_objects() -> dict[str, int]:
 @pytest.mark.parametrize(("backend", "route"), [
     *((backend, route) for backend in ("memory", "redis", "plain-redis")
       for route in ("json", "sse")),
-    # the OpenAI-compatible endpoint (on a thread), whole and streamed
-    ("memory", "openai"), ("memory", "openai-sse"),
+    # the OpenAI-compatible endpoint (on a thread), whole and streamed, on each backend
+    *((backend, route) for backend in ("memory", "redis", "plain-redis")
+      for route in ("openai", "openai-sse")),
     # streams dropped and rejoined (GET .../stream): kept in the worker, or in Redis
     ("memory", "sse-rejoin"), ("plain-redis", "sse-rejoin"),
     # Redis Cluster: the cluster client, its connections per node
